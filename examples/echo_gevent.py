@@ -1,0 +1,28 @@
+"""Echo server, gevent flavour: text comes back as text, binary as binary.
+
+    python examples/echo_gevent.py        # uWSGI on http://localhost:5000, 100 greenlets
+    uwsgi --master --http :5000 --http-websockets --gevent 100 --wsgi-file examples/echo_gevent.py
+"""
+
+from flask import Flask
+
+from flask_uwsgi_websocket import GeventWebSocket
+
+app = Flask(__name__)
+websocket = GeventWebSocket(app)
+
+
+@app.route("/")
+def index() -> str:
+    return "WebSocket echo at ws://<this host>/echo\n"
+
+
+@websocket.route("/echo")
+def echo(ws):  # type: ignore[no-untyped-def]
+    while True:
+        msg = ws.receive()
+        ws.send(msg)
+
+
+if __name__ == "__main__":
+    app.run(gevent=100)

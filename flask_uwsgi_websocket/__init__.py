@@ -1,0 +1,48 @@
+"""Flask-uWSGI-WebSocket: RFC 6455 WebSockets for Flask apps served by uWSGI.
+
+Import the extension of the flavour the app runs in::
+
+    from flask_uwsgi_websocket import GeventWebSocket   # or WebSocket (plain threads)
+
+The gevent names are imported on first use, so the plain flavour needs no gevent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .client import WebSocketClient
+from .exceptions import ConnectionClosed, WebSocketError
+from .extension import WebSocket
+from .middleware import WebSocketMiddleware
+from .options import Options
+
+if TYPE_CHECKING:
+    from .gevent import GeventWebSocket, GeventWebSocketClient, GeventWebSocketMiddleware
+
+__all__ = [
+    "ConnectionClosed",
+    "GeventWebSocket",
+    "GeventWebSocketClient",
+    "GeventWebSocketMiddleware",
+    "Options",
+    "WebSocket",
+    "WebSocketClient",
+    "WebSocketError",
+    "WebSocketMiddleware",
+]
+__version__ = "1.0.0.dev0"
+
+_LAZY = {
+    "GeventWebSocket": "gevent",
+    "GeventWebSocketClient": "gevent",
+    "GeventWebSocketMiddleware": "gevent",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

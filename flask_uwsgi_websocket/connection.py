@@ -1,0 +1,554 @@
+"""The RFC 6455 connection core that every flavour shares.
+
+A :class:`Connection` owns the socket uWSGI hands over after the handshake
+(``uwsgi.connection_fd()``). It is event-driven, like an asyncio protocol: the
+flavour's :class:`Reactor` calls :meth:`Connection.on_readable` and
+:meth:`Connection.on_writable` when the socket is ready and runs its timers;
+the connection reads, frames, assembles messages, answers pings, keeps the
+connection alive and runs the closing handshake on its own, whatever the
+handler is doing. Flavours differ only in how a caller waits (:meth:`_wait`
+and :meth:`_wake`) and in whether a lock is needed (threads).
+
+Framing is done by the ``websockets`` sans-I/O :class:`~websockets.protocol.Protocol`
+with one exception, measured to matter (see ``bench/``): a complete, final,
+masked, unextended text or binary frame that arrives outside a fragmented
+message is unmasked here, with ``websockets``' own ``apply_mask``, instead of
+through the protocol's generator-based parser, which costs about 10 µs per
+frame. Every other frame -- control frames, fragments, reserved bits, bad
+opcodes or masking, oversized lengths -- is fed to the protocol whole, so
+the protocol always sits at a frame boundary and applies every check of the
+RFC. Outgoing unextended data frames are likewise serialized here (a 2 to 10
+byte header); control frames go through the protocol.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import os
+import socket
+import struct
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, ContextManager, Protocol as TypingProtocol
+
+from websockets.frames import Frame, Opcode
+from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
+
+from .exceptions import ConnectionClosed
+from .options import Options
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["Connection", "Message", "Reactor", "Timer"]
+
+Message = str | bytes
+logger = logging.getLogger("flask_uwsgi_websocket")
+# websockets logs every closed connection at INFO; keep only its warnings.
+protocol_logger = logging.getLogger("flask_uwsgi_websocket.protocol")
+protocol_logger.setLevel(logging.WARNING)
+
+READ_SIZE = 65536
+# Above this size a payload is written after its header rather than copied behind it.
+COPY_LIMIT = 16384
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_pack_short = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+
+class Timer(TypingProtocol):
+    """A pending call made by :meth:`Reactor.call_later`."""
+
+    def cancel(self) -> None:
+        """Do not make the call."""
+
+
+class Reactor(TypingProtocol):
+    """What a flavour's event loop does for one connection's socket."""
+
+    def watch_read(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` whenever the socket is readable; ``None`` stops."""
+
+    def watch_write(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` whenever the socket is writable; ``None`` stops."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Call ``callback`` once after ``delay`` seconds."""
+
+    def close(self) -> None:
+        """Stop every watcher and timer; the socket is closed by uWSGI after."""
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of an unmasked, final, unextended frame (RFC 6455, section 5.2)."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return _pack_short(0x80 | opcode, 126, length)
+    return _pack_long(0x80 | opcode, 127, length)
+
+
+class Connection:
+    """One WebSocket connection over a socket that uWSGI has upgraded.
+
+    Subclasses are the public client classes: they provide the reactor, the
+    lock and the waiting, and the flavour's method signatures.
+    """
+
+    #: A lock around the state, for flavours where callbacks run on another thread.
+    _lock: ContextManager[Any] = contextlib.nullcontext()
+
+    def __init__(self, fd: int, environ: dict[str, Any], options: Options) -> None:
+        #: The socket's file descriptor.
+        self.fd = fd
+        #: The WSGI environ of the upgrade request.
+        self.environ = environ
+        #: A random identifier of the connection (hex).
+        self.id = uuid.uuid4().hex
+        self.options = options
+        self.protocol = Protocol(SERVER, max_size=options.max_message_size, logger=protocol_logger)
+        self._max_size = options.max_message_size
+        # A duplicate of the descriptor as a socket object, for shutdown() and options.
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)  # the descriptor and its duplicate share this flag
+        with contextlib.suppress(OSError):  # Nagle's delays hurt small frames; not on AF_UNIX
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._inbuf = bytearray()  # the start of a frame not yet complete
+        self._messages: deque[Message] = deque()
+        self._parts: list[Any] = []  # the fragments of a message being received
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._out: deque[bytes | memoryview] = deque()
+        self._out_size = 0
+        self._eof_pending = False  # half-close once the output is flushed
+        self._eof_received = False
+        self._reading = False
+        self._writing = False
+        self._ping_payload: bytes | None = None
+        self._keepalive_timer: Timer | None = None
+        self._pong_timer: Timer | None = None
+        self._close_timer: Timer | None = None
+        self._failed = False
+        self.reactor: Reactor = self._make_reactor()
+
+    # Flavour hooks.
+
+    def _make_reactor(self) -> Reactor:
+        raise NotImplementedError
+
+    def _wait(self, timeout: float | None) -> None:
+        """Block the caller until :meth:`_wake` or ``timeout``; called with the lock held."""
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Wake every caller blocked in :meth:`_wait`; called with the lock held, last."""
+        raise NotImplementedError
+
+    # Life cycle.
+
+    def start(self) -> None:
+        """Start reading and keepalive; called once, after the handshake."""
+        with self._lock:
+            self._update_reading()
+            self._schedule_keepalive()
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages can still be sent: the closing handshake has not begun."""
+        return self.protocol.state is OPEN
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over: both sides are done or it was aborted."""
+        return self.protocol.state is CLOSED
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's close frame; 1006 when it closed without one; else ``None``."""
+        received = self.protocol.close_rcvd
+        if received is not None:
+            return received.code
+        return 1006 if self.protocol.state is CLOSED else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame; ``""`` when none came; ``None`` while open."""
+        received = self.protocol.close_rcvd
+        if received is not None:
+            return received.reason
+        return "" if self.protocol.state is CLOSED else None
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self.close_code or 1006, self.close_reason or "")
+
+    # Reading: called by the reactor.
+
+    def on_readable(self) -> None:
+        """Read what the socket has and act on it."""
+        with self._lock:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            try:
+                if data:
+                    self._receive(data)
+                else:
+                    self._receive_eof()
+            except Exception:  # a bug here must not take the worker down
+                logger.exception("WebSocket connection %s failed", self.id)
+                self._fail(1011, "internal error")
+            self._update_reading()
+            self._wake()
+
+    def _receive(self, data: bytes) -> None:
+        protocol = self.protocol
+        buf = self._inbuf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        end = len(view)
+        pos = 0
+        max_size = self._max_size
+        messages = self._messages
+        while end - pos >= 2:
+            if protocol.state is not OPEN:
+                # Failed or closing: the protocol discards or checks the rest.
+                protocol.receive_data(view[pos:])
+                pos = end
+                self._after_protocol()
+                break
+            b0 = view[pos]
+            b1 = view[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 4], "big")
+                start += 2
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                start += 8
+            if b1 & 0x80:
+                start += 4  # the masking key
+            if max_size is not None and length > max_size:
+                # The protocol refuses the header with 1009 before reading the payload.
+                protocol.receive_data(view[pos:])
+                pos = end
+                self._after_protocol()
+                break
+            stop = start + length
+            if stop > end:
+                break
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 & 0x80
+                and protocol.current_size is None
+                and not protocol.extensions
+            ):
+                payload = apply_mask(view[start:stop], view[start - 4 : start])
+                if b0 == 0x81:
+                    try:
+                        messages.append(payload.decode())
+                    except UnicodeDecodeError as exc:
+                        self._fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
+                        pos = end
+                        break
+                else:
+                    messages.append(payload)
+            else:
+                if b0 & 0x0F == 0x8 and protocol.current_size is not None:
+                    # RFC 6455 allows a close frame between fragments: the unfinished
+                    # message is dropped and the close answered (websockets says 1002).
+                    protocol.current_size = None
+                    self._parts = []
+                protocol.receive_data(view[pos:stop])
+                self._after_protocol()
+            pos = stop
+        if pos == end:
+            if buf:
+                buf.clear()
+        elif buf:
+            del buf[:pos]
+        else:
+            self._inbuf = bytearray(view[pos:])
+
+    def _receive_eof(self) -> None:
+        self._eof_received = True
+        self._inbuf.clear()
+        self.protocol.receive_eof()
+        self._after_protocol()
+
+    def _after_protocol(self) -> None:
+        """Act on the protocol's events, then send what it has to send."""
+        for frame in self.protocol.events_received():
+            self._on_frame(frame)
+        self._flush_protocol()
+        if self.protocol.state is not OPEN:
+            self._start_close_timer()
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            if self._failed:
+                return  # the rest of a batch that failed is not delivered
+            if opcode is not Opcode.CONT:
+                self._parts = []
+                self._decoder = _utf8_decoder() if opcode is Opcode.TEXT else None
+            try:
+                if self._decoder is not None:
+                    self._parts.append(self._decoder.decode(frame.data, frame.fin))
+                else:
+                    self._parts.append(frame.data)
+            except UnicodeDecodeError as exc:
+                self._fail(1007, f"invalid UTF-8: {exc.reason}")
+                return
+            if frame.fin:
+                parts, self._parts = self._parts, []
+                if self._decoder is not None:
+                    self._messages.append("".join(parts))
+                else:
+                    self._messages.append(bytes(parts[0]) if len(parts) == 1 else b"".join(parts))
+        elif opcode is Opcode.PONG:
+            if self._ping_payload is not None and frame.data == self._ping_payload:
+                self._ping_payload = None
+                if self._pong_timer is not None:
+                    self._pong_timer.cancel()
+                    self._pong_timer = None
+        # PING: the protocol has queued the pong; CLOSE: it has answered it.
+
+    # Writing.
+
+    def _write(self, data: bytes | memoryview) -> None:
+        """Write ``data`` after everything written before it; never blocks."""
+        if self._out or self._eof_pending:
+            self._out.append(data)
+            self._out_size += len(data)
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._connection_lost()
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:]
+            self._out.append(rest)
+            self._out_size += len(rest)
+            self._update_writing()
+
+    def on_writable(self) -> None:
+        """Write buffered output until the socket is full or the buffer empty."""
+        with self._lock:
+            out = self._out
+            try:
+                while out:
+                    chunk = out[0]
+                    sent = os.write(self.fd, chunk)
+                    self._out_size -= sent
+                    if sent < len(chunk):
+                        out[0] = memoryview(chunk)[sent:]
+                        break
+                    out.popleft()
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._connection_lost()
+            if not out and self._eof_pending:
+                self._shutdown()
+            self._update_writing()
+            self._update_reading()
+            self._wake()
+
+    def _flush_protocol(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self._write(data)
+            elif self._out:
+                self._eof_pending = True
+            else:
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._eof_pending = False
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def _connection_lost(self) -> None:
+        """The socket failed: forget pending output, treat it as end of stream."""
+        self._out.clear()
+        self._out_size = 0
+        self._eof_pending = False
+        if not self._eof_received:
+            self._receive_eof()
+
+    def _update_writing(self) -> None:
+        want = bool(self._out) and not self._eof_received
+        if want != self._writing:
+            self._writing = want
+            self.reactor.watch_write(self.on_writable if want else None)
+
+    def _update_reading(self) -> None:
+        want = not self._eof_received and not (
+            self.protocol.state is OPEN
+            and (
+                len(self._messages) >= self.options.max_queue
+                or self._out_size > self.options.write_limit
+            )
+        )
+        if want != self._reading:
+            self._reading = want
+            self.reactor.watch_read(self.on_readable if want else None)
+        if self.protocol.state is CLOSED and self._eof_received:
+            self._stop_timers()
+
+    # Sending, closing, keepalive: called with the lock held.
+
+    def _send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        protocol = self.protocol
+        if protocol.state is not OPEN:
+            raise self._closed_error()
+        if protocol.extensions:
+            if opcode == Opcode.TEXT:
+                protocol.send_text(payload)
+            else:
+                protocol.send_binary(payload)
+            self._flush_protocol()
+        elif len(payload) > COPY_LIMIT:
+            self._write(frame_header(opcode, len(payload)))
+            self._write(payload)
+        else:
+            self._write(frame_header(opcode, len(payload)) + payload)
+
+    def _send(self, message: Message | bytearray | memoryview) -> None:
+        if isinstance(message, str):
+            self._send_frame(Opcode.TEXT, message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            self._send_frame(Opcode.BINARY, message)
+        else:
+            raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
+
+    def _backlogged(self) -> bool:
+        return self._out_size > self.options.write_limit and self.protocol.state is OPEN
+
+    def _ping(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        if self.protocol.state is not OPEN:
+            raise self._closed_error()
+        self.protocol.send_ping(data)
+        self._flush_protocol()
+
+    def _begin_close(self, code: int, reason: str) -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush_protocol()
+            self._start_close_timer()
+            self._update_reading()  # read the peer's answer even when the queue is full
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455, section 7.1.7) with ``code``."""
+        self._failed = True
+        if self.protocol.state is OPEN:
+            self.protocol.fail(code, reason)
+            self._flush_protocol()
+            self._start_close_timer()
+
+    def _abort(self) -> None:
+        """Give up on the peer: the connection is over now."""
+        if not self._eof_received:
+            self._receive_eof()
+        self._update_reading()
+        self._update_writing()
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None:
+            self._close_timer = self.reactor.call_later(
+                self.options.close_timeout, self._on_close_timeout
+            )
+
+    def _on_close_timeout(self) -> None:
+        with self._lock:
+            self._close_timer = None
+            self._abort()
+            self._wake()
+
+    def _schedule_keepalive(self) -> None:
+        if self.options.ping_interval is not None and self.protocol.state is OPEN:
+            self._keepalive_timer = self.reactor.call_later(
+                self.options.ping_interval, self._on_keepalive
+            )
+
+    def _on_keepalive(self) -> None:
+        with self._lock:
+            self._keepalive_timer = None
+            if self.protocol.state is not OPEN:
+                return
+            if self._ping_payload is None:
+                self._ping_payload = os.urandom(4)
+                self.protocol.send_ping(self._ping_payload)
+                self._flush_protocol()
+                if self.options.ping_timeout is not None:
+                    self._pong_timer = self.reactor.call_later(
+                        self.options.ping_timeout, self._on_pong_timeout
+                    )
+            self._schedule_keepalive()
+
+    def _on_pong_timeout(self) -> None:
+        with self._lock:
+            self._pong_timer = None
+            if self._ping_payload is None or self.protocol.state is not OPEN:
+                return
+            if not self._reading:
+                # We stopped reading (the handler does not keep up): the pong may
+                # be waiting in the socket. Not the peer's fault: look again later.
+                assert self.options.ping_timeout is not None
+                self._pong_timer = self.reactor.call_later(
+                    self.options.ping_timeout, self._on_pong_timeout
+                )
+                return
+            self._fail(1011, "keepalive ping timeout")
+            self._abort()
+            self._wake()
+
+    def _stop_timers(self) -> None:
+        for name in ("_keepalive_timer", "_pong_timer", "_close_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # Waiting for the closing handshake; releasing the socket.
+
+    def _close(self, code: int, reason: str) -> None:
+        """Run the closing handshake and wait until it ends (``close_timeout`` at most)."""
+        self._begin_close(code, reason)
+        while not self.closed:
+            self._wait(None)
+
+    def _release(self) -> None:
+        """Stop watching the socket; uWSGI closes it when the request ends."""
+        with self._lock:
+            self._stop_timers()
+            self._reading = self._writing = False
+            self.reactor.close()
+            self._sock.close()
+
+    def _iter_messages(self, receive: Callable[[], Message]) -> Iterator[Message]:
+        try:
+            while True:
+                yield receive()
+        except ConnectionClosed:
+            return

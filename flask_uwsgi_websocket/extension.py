@@ -1,0 +1,120 @@
+"""The Flask extension: routes, options, ``init_app`` and ``run``."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from werkzeug.routing import Map, Rule
+
+from .middleware import WebSocketMiddleware
+from .options import Options
+from .runner import run_uwsgi
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["WebSocket"]
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+_OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(Options)) | {"timeout"}
+
+
+class WebSocket:
+    """The Flask extension, plain flavour: handlers run in the request's thread.
+
+    ``WebSocket(app, **options)`` or ``WebSocket(**options)`` then
+    ``init_app(app)``; the options are those of :class:`Options`, each also
+    read from ``app.config`` as ``WEBSOCKET_<NAME>``. One extension object
+    may serve several apps.
+    """
+
+    #: The middleware that wraps ``app.wsgi_app``.
+    middleware_class: ClassVar[type[WebSocketMiddleware]] = WebSocketMiddleware
+    #: uWSGI options :meth:`run` adds unless given.
+    run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
+    #: The uWSGI loop engine the flavour needs (``None``: the default one).
+    engine: ClassVar[str | None] = None
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        #: The options given to the extension; each app adds its config.
+        self.options = Options().replace(**options)
+        #: The WebSocket routes, separate from the app's, so one URL can be both.
+        self.url_map = Map()
+        #: endpoint -> (handler, per-route options)
+        self.view_functions: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+        self.app = app
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Serve this extension's routes in ``app``; ``app.run`` then starts uWSGI."""
+        options = self.options.from_config(app.config)
+        app.extensions["uwsgi_websocket"] = self
+        app.wsgi_app = self.middleware_class(app.wsgi_app, self, app, options)  # type: ignore[method-assign]
+
+        def run(**kwargs: Any) -> None:
+            self.run(app, **kwargs)
+
+        run.__doc__ = self.run.__doc__
+        app.run = run  # type: ignore[method-assign]
+
+    def route(self, rule: str, **options: Any) -> Callable[[Handler], Handler]:
+        """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``.
+
+        ``options`` are Werkzeug ``Rule`` arguments (``endpoint``, ``defaults``,
+        ``strict_slashes``...) and per-route connection options.
+        """
+
+        def decorator(handler: Handler) -> Handler:
+            self.add_url_rule(rule, view_func=handler, **options)
+            return handler
+
+        return decorator
+
+    def add_url_rule(
+        self,
+        rule: str,
+        endpoint: str | None = None,
+        view_func: Callable[..., Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Register ``view_func`` as the handler of ``rule``, like ``Flask.add_url_rule``."""
+        if view_func is None:
+            raise TypeError("add_url_rule() needs view_func, the handler")
+        self.check_handler(view_func)
+        endpoint = endpoint or view_func.__name__
+        existing = self.view_functions.get(endpoint)
+        if existing is not None and existing[0] is not view_func:
+            raise AssertionError(
+                f"WebSocket endpoint {endpoint!r} is already taken by another handler"
+            )
+        connection_options = {k: options.pop(k) for k in list(options) if k in _OPTION_NAMES}
+        Options.check(connection_options)
+        options.pop("methods", None)  # the handshake is a GET; others get 400
+        self.url_map.add(Rule(rule, endpoint=endpoint, websocket=True, **options))
+        self.view_functions[endpoint] = (view_func, Options.check(connection_options))
+
+    def check_handler(self, handler: Callable[..., Any]) -> None:
+        """Refuse, when it is registered, a handler this flavour cannot run."""
+        if inspect.iscoroutinefunction(handler):
+            raise TypeError(
+                f"{handler.__name__} is a coroutine function: use AsyncioWebSocket "
+                f"for async handlers, or write it with def"
+            )
+
+    def run(self, app: Flask | None = None, **kwargs: Any) -> None:
+        """Start uWSGI serving ``app`` (also reachable as ``app.run``).
+
+        ``host`` (default ``localhost``), ``port`` (5000), ``uwsgi_binary`` and
+        Flask's ``debug``, ``use_reloader``, ``threaded``, ``load_dotenv``; every
+        other keyword is a uWSGI option: ``gevent=100`` is ``--gevent 100``,
+        ``True`` a bare flag, ``False``/``None`` left out, a list repeated.
+        The process becomes uWSGI, so its exit status is uWSGI's.
+        """
+        app = app or self.app
+        if app is None:
+            raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
+        run_uwsgi(app, defaults=self.run_defaults, engine=self.engine, **kwargs)

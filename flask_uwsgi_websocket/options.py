@@ -1,0 +1,69 @@
+"""Connection options: their defaults, and how they are read from config and routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Options of WebSocket connections.
+
+    Each can be given to the extension (``GeventWebSocket(app, ping_interval=10)``),
+    set in ``app.config`` as ``WEBSOCKET_<NAME>`` (``WEBSOCKET_PING_INTERVAL``), or
+    given per route (``@websocket.route("/x", max_message_size=2**16)``). A route's
+    option wins over the config, which wins over the extension's argument.
+    """
+
+    #: Seconds between keepalive pings the server sends; ``None`` turns keepalive off.
+    #: The default stays below the 60 s after which uWSGI's ``--http`` router and nginx
+    #: cut idle connections.
+    ping_interval: float | None = 25.0
+    #: Seconds to wait for the pong before closing with 1011; ``None``: wait forever.
+    ping_timeout: float | None = 20.0
+    #: Largest incoming message, in bytes, counted across fragments; larger: close 1009.
+    max_message_size: int | None = 2**20
+    #: Default timeout of ``receive()`` in seconds; ``None`` waits until a message comes.
+    receive_timeout: float | None = None
+    #: Incoming messages kept while the handler does not receive; beyond it the server
+    #: stops reading the socket, so TCP flow control slows the peer down.
+    max_queue: int = 16
+    #: Bytes of outgoing data buffered before ``send()`` waits for the peer to read.
+    write_limit: int = 2**20
+    #: Seconds to wait for the peer to finish the closing handshake.
+    close_timeout: float = 10.0
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` applied; unknown names raise ``TypeError``."""
+        return dataclasses.replace(self, **self.check(changes))
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate option names, translating the 0.6.1 ``timeout`` argument."""
+        options = dict(options)
+        if "timeout" in options:
+            warnings.warn(
+                "'timeout' is deprecated, use 'receive_timeout'", DeprecationWarning, stacklevel=4
+            )
+            options.setdefault("receive_timeout", options.pop("timeout"))
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown WebSocket option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return options
+
+    def from_config(self, config: Mapping[str, Any]) -> Options:
+        """A copy with the ``WEBSOCKET_<NAME>`` keys of ``config`` applied."""
+        changes = {}
+        for field in dataclasses.fields(self):
+            key = "WEBSOCKET_" + field.name.upper()
+            if key in config:
+                changes[field.name] = config[key]
+        return self.replace(**changes)

@@ -1,0 +1,165 @@
+"""``app.run()``: turn keyword arguments into a uWSGI command line and become uWSGI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["build_command", "find_uwsgi", "run_uwsgi", "uwsgi_options"]
+
+INSTALL_HINT = (
+    "install it with the engines this package needs: "
+    "pip install greenlet gevent && UWSGI_PROFILE=asyncio UWSGI_EMBED_PLUGINS=gevent "
+    'CFLAGS="-I$VIRTUAL_ENV/include/site/pythonX.Y" pip install --no-binary uwsgi uwsgi '
+    "(README.rst, 'Installing uWSGI')"
+)
+
+#: Werkzeug development-server arguments that have no uWSGI meaning.
+_REFUSED = {
+    "ssl_context": "serve HTTPS with uWSGI's own option, e.g. https='localhost:5443,cert.pem,key.pem'",
+    "use_debugger": "the interactive debugger is not served under uWSGI",
+    "use_evalex": "the interactive debugger is not served under uWSGI",
+    "passthrough_errors": "a Werkzeug development server option",
+    "extra_files": "use py_autoreload=1 or uWSGI's touch_reload='file'",
+    "exclude_patterns": "a Werkzeug reloader option",
+    "reloader_type": "a Werkzeug reloader option; uWSGI's is py_autoreload",
+    "reloader_interval": "a Werkzeug reloader option; use py_autoreload=SECONDS",
+    "static_files": "use uWSGI's static_map='/static=folder'",
+    "request_handler": "a Werkzeug development server option",
+}
+
+
+def uwsgi_options(options: Mapping[str, Any]) -> list[str]:
+    """``{"snake_case": value}`` as uWSGI arguments.
+
+    ``True`` is a bare flag, ``False`` and ``None`` are left out, a list or
+    tuple repeats the option, anything else is ``--snake-case str(value)``.
+    """
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is None or item is False:
+                continue
+            if item is True:
+                args.append(flag)
+            else:
+                args += [flag, str(item)]
+    return args
+
+
+def _app_location(app: Flask) -> list[str]:
+    """The uWSGI options that load ``app`` in the workers."""
+    module = sys.modules.get(app.import_name)
+    names = [name for name, value in vars(module).items() if value is app] if module else []
+    if not names:
+        raise RuntimeError(
+            f"run() can't find the app in module {app.import_name!r}: keep it in a "
+            f"module-level variable, or start uWSGI yourself (--wsgi module:variable)"
+        )
+    callable_name = "app" if "app" in names else names[0]
+    filename = getattr(module, "__file__", None)
+    if app.import_name == "__main__" and filename:
+        path = os.path.abspath(filename)
+        return [
+            "--wsgi-file", path, "--callable", callable_name,
+            "--pythonpath", os.path.dirname(path),
+        ]  # fmt: skip
+    return ["--module", f"{app.import_name}:{callable_name}", "--pythonpath", os.getcwd()]
+
+
+def find_uwsgi(binary: str | None = None) -> str:
+    """The uWSGI binary: ``binary``, else the one beside ``sys.executable``, else on PATH."""
+    if binary is not None:
+        found = shutil.which(binary)
+        if found is None:
+            raise RuntimeError(f"uWSGI binary {binary!r} not found")
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "uwsgi")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("uwsgi")
+    if found is None:
+        raise RuntimeError(f"uWSGI is not installed: {INSTALL_HINT}")
+    return found
+
+
+def engines(binary: str) -> set[str]:
+    """The plugins (loop engines among them) built into the uWSGI ``binary``."""
+    result = subprocess.run(
+        [binary, "--plugins-list"], capture_output=True, text=True, timeout=30, check=False
+    )
+    output = result.stdout + result.stderr
+    section = output.split("loaded generic plugins", 1)[-1].split("loaded request plugins", 1)[0]
+    return {line.strip() for line in section.splitlines() if line.strip().isidentifier()}
+
+
+def build_command(
+    app: Flask,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    debug: bool | None = None,
+    load_dotenv: bool = True,
+    uwsgi_binary: str | None = None,
+    use_reloader: bool | None = None,
+    threaded: bool | None = None,
+    **options: Any,
+) -> tuple[list[str], dict[str, str]]:
+    """The argument list and environment that :func:`run_uwsgi` executes."""
+    refused = sorted(set(options) & set(_REFUSED))
+    if refused:
+        raise TypeError(
+            "; ".join(f"app.run({name}=...) is not supported under uWSGI: {_REFUSED[name]}"
+                      for name in refused)
+        )  # fmt: skip
+    if load_dotenv:
+        from flask.cli import load_dotenv as load
+
+        load()
+    env = dict(os.environ)
+    if debug is None:
+        debug = app.debug
+    env["FLASK_DEBUG"] = "1" if debug else "0"
+    if use_reloader is None:
+        use_reloader = debug
+    settings: dict[str, Any] = {}
+    for key, value in (defaults or {}).items():
+        if key == "threads" and (threaded is False or "processes" in options):
+            continue
+        settings[key] = value
+    if threaded:
+        settings["enable_threads"] = True
+    if use_reloader:
+        settings["py_autoreload"] = 1
+    settings.update(options)
+    binary = find_uwsgi(uwsgi_binary)
+    argv = [binary, "--master", "--http", f"{host or 'localhost'}:{port or 5000}"]
+    argv += ["--http-websockets", "--need-app", "--die-on-term"]
+    argv += _app_location(app)
+    if sys.prefix != sys.base_prefix:
+        argv += ["--virtualenv", sys.prefix]
+    argv += uwsgi_options(settings)
+    return argv, env
+
+
+def run_uwsgi(
+    app: Flask, defaults: Mapping[str, Any] | None = None, engine: str | None = None, **kwargs: Any
+) -> NoReturn:
+    """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
+    argv, env = build_command(app, defaults, **kwargs)
+    if engine is not None and not {"plugin", "plugins"} & set(kwargs):
+        if engine not in engines(argv[0]):
+            raise RuntimeError(f"uWSGI at {argv[0]} has no {engine} engine: {INSTALL_HINT}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)

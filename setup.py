@@ -1,0 +1,32 @@
+"""Flask-uWSGI-WebSocket: RFC 6455 WebSockets for Flask apps served by uWSGI."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    name="Flask-uWSGI-WebSocket",
+    version="1.0.0.dev0",
+    description="High-performance, standards-correct WebSockets for Flask apps served by uWSGI",
+    long_description=(Path(__file__).parent / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    packages=["flask_uwsgi_websocket"],
+    package_data={"flask_uwsgi_websocket": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=13"],
+    extras_require={
+        "gevent": ["gevent>=23.9", "greenlet>=3"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "websocket-client>=1.6", "mypy>=1.8", "ruff>=0.4"],
+        "bench": ["picows>=1.6", "uvloop>=0.19"],
+    },
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
+    ],
+)
