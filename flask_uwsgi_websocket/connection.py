@@ -31,8 +31,9 @@ import socket
 import struct
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, ContextManager, Protocol as TypingProtocol
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
@@ -101,7 +102,7 @@ class Connection:
     """
 
     #: A lock around the state, for flavours where callbacks run on another thread.
-    _lock: ContextManager[Any] = contextlib.nullcontext()
+    _lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
     def __init__(self, fd: int, environ: dict[str, Any], options: Options) -> None:
         #: The socket's file descriptor.
@@ -122,7 +123,7 @@ class Connection:
         self._messages: deque[Message] = deque()
         self._parts: list[Any] = []  # the fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._out: deque[bytes | memoryview] = deque()
+        self._out: deque[bytes | bytearray | memoryview] = deque()
         self._out_size = 0
         self._eof_pending = False  # half-close once the output is flushed
         self._eof_received = False
@@ -292,8 +293,9 @@ class Connection:
 
     def _after_protocol(self) -> None:
         """Act on the protocol's events, then send what it has to send."""
-        for frame in self.protocol.events_received():
-            self._on_frame(frame)
+        for event in self.protocol.events_received():
+            assert isinstance(event, Frame)  # the handshake was done before: only frames
+            self._on_frame(event)
         self._flush_protocol()
         if self.protocol.state is not OPEN:
             self._start_close_timer()
@@ -330,7 +332,7 @@ class Connection:
 
     # Writing.
 
-    def _write(self, data: bytes | memoryview) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` after everything written before it; never blocks."""
         if self._out or self._eof_pending:
             self._out.append(data)
@@ -545,10 +547,3 @@ class Connection:
             self._reading = self._writing = False
             self.reactor.close()
             self._sock.close()
-
-    def _iter_messages(self, receive: Callable[[], Message]) -> Iterator[Message]:
-        try:
-            while True:
-                yield receive()
-        except ConnectionClosed:
-            return

@@ -59,7 +59,7 @@ class WebSocket:
             self.run(app, **kwargs)
 
         run.__doc__ = self.run.__doc__
-        app.run = run  # type: ignore[method-assign]
+        app.run = run  # type: ignore[method-assign, assignment]
 
     def route(self, rule: str, **options: Any) -> Callable[[Handler], Handler]:
         """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``.

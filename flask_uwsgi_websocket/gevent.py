@@ -84,7 +84,7 @@ class GeventWebSocketClient(WebSocketClient):
         self._handler: Any = None
         super().__init__(fd, environ, options)
         # Greenlets switch only where they wait: no lock is needed.
-        self._lock = self._condition = _NO_LOCK  # type: ignore[assignment]
+        self._lock = self._condition = _NO_LOCK
 
     def _make_reactor(self) -> Reactor:
         return GeventReactor(self.fd)

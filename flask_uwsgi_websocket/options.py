@@ -54,9 +54,8 @@ class Options:
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise TypeError(
-                f"unknown WebSocket option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
+            known = ", ".join(sorted(names))
+            raise TypeError(f"unknown WebSocket option(s): {', '.join(unknown)}; known: {known}")
         return options
 
     def from_config(self, config: Mapping[str, Any]) -> Options:

@@ -127,7 +127,8 @@ def peer_close(ws: WebSocketClient) -> None:
             ws.receive()
     except ConnectionClosed as exc:
         record(route="peer-close", code=exc.code, reason=exc.reason, ok=exc.ok,
-               close_code=ws.close_code, close_reason=ws.close_reason, connected=ws.connected)  # fmt: skip
+               close_code=ws.close_code, close_reason=ws.close_reason,
+               connected=ws.connected)  # fmt: skip
         raise
 
 

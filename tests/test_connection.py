@@ -54,7 +54,7 @@ def test_send_types(server: AppServer) -> None:
 
 def test_fragmented_messages_are_reassembled(server: AppServer) -> None:
     raw = RawClient(server.address, "/echo")
-    raw.send(frame(TEXT, "frag".encode(), fin=False))
+    raw.send(frame(TEXT, b"frag", fin=False))
     raw.send(frame(PING, b"in between"))
     raw.send(frame(CONT, "mént".encode()[:4], fin=False))  # splits the two-byte é
     raw.send(frame(CONT, "mént".encode()[4:], fin=True))
