@@ -108,7 +108,8 @@ class WebSocket:
     def run(self, app: Flask | None = None, **kwargs: Any) -> None:
         """Start uWSGI serving ``app`` (also reachable as ``app.run``).
 
-        ``host`` (default ``localhost``), ``port`` (5000), ``uwsgi_binary`` and
+        ``host`` and ``port`` (defaults: ``FLASK_RUN_HOST`` and ``FLASK_RUN_PORT`` from the
+        environment, as ``flask run`` reads them, else ``localhost`` and 5000), ``uwsgi_binary`` and
         Flask's ``debug``, ``use_reloader``, ``threaded``, ``load_dotenv``; every
         other keyword is a uWSGI option: ``gevent=100`` is ``--gevent 100``,
         ``True`` a bare flag, ``False``/``None`` left out, a list repeated.

@@ -67,7 +67,7 @@ def validate(environ: Mapping[str, Any]) -> str:
             f"unsupported Sec-WebSocket-Version: {version!r}; this server speaks 13",
             [("Sec-WebSocket-Version", "13")],
         )
-    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+    key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip()
     try:
         raw = base64.b64decode(key.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

@@ -66,6 +66,7 @@ class WebSocketMiddleware:
                 HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI"),
             )
         options = self.options.replace(**route_options) if route_options else self.options
+        kwargs = dict(kwargs)
         start_response("101 Switching Protocols", response_headers(key))
         return self._serve(uwsgi, environ, handler, kwargs, options)
 

@@ -23,7 +23,9 @@ INSTALL_HINT = (
 
 #: Werkzeug development-server arguments that have no uWSGI meaning.
 _REFUSED = {
-    "ssl_context": "serve HTTPS with uWSGI's own option, e.g. https='localhost:5443,cert.pem,key.pem'",
+    "ssl_context": (
+        "serve HTTPS with uWSGI's own option, e.g. https='localhost:5443,cert.pem,key.pem'"
+    ),
     "use_debugger": "the interactive debugger is not served under uWSGI",
     "use_evalex": "the interactive debugger is not served under uWSGI",
     "passthrough_errors": "a Werkzeug development server option",
@@ -67,13 +69,39 @@ def _app_location(app: Flask) -> list[str]:
         )
     callable_name = "app" if "app" in names else names[0]
     filename = getattr(module, "__file__", None)
-    if app.import_name == "__main__" and filename:
-        path = os.path.abspath(filename)
-        return [
-            "--wsgi-file", path, "--callable", callable_name,
-            "--pythonpath", os.path.dirname(path),
-        ]  # fmt: skip
-    return ["--module", f"{app.import_name}:{callable_name}", "--pythonpath", os.getcwd()]
+    import_name = app.import_name
+    if import_name == "__main__":
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.name != "__main__":
+            import_name = spec.name  # python -m package.module: import it by its name
+        elif filename:
+            path = os.path.abspath(filename)
+            return [
+                "--wsgi-file", path, "--callable", callable_name,
+                "--pythonpath", os.path.dirname(path),
+            ]  # fmt: skip
+    return [
+        "--module", f"{import_name}:{callable_name}",
+        "--pythonpath", _import_root(import_name, filename),
+    ]  # fmt: skip
+
+
+def _import_root(import_name: str, filename: str | None) -> str:
+    """The directory from which ``import_name``, found at ``filename``, is importable.
+
+    Not the current directory: ``python /elsewhere/run.py`` importing the app
+    from a module beside it must work from any directory.
+    """
+    if not filename:
+        return os.getcwd()
+    path = os.path.abspath(filename)
+    levels = import_name.count(".") + 1
+    if os.path.splitext(os.path.basename(path))[0] == "__init__":
+        levels += 1
+    root = path
+    for _ in range(levels):
+        root = os.path.dirname(root)
+    return root
 
 
 def find_uwsgi(binary: str | None = None) -> str:
@@ -100,6 +128,19 @@ def engines(binary: str) -> set[str]:
     output = result.stdout + result.stderr
     section = output.split("loaded generic plugins", 1)[-1].split("loaded request plugins", 1)[0]
     return {line.strip() for line in section.splitlines() if line.strip().isidentifier()}
+
+
+def _env_port(value: str | None) -> int:
+    """The port ``FLASK_RUN_PORT`` names, 5000 when unset or empty."""
+    if value is None or not value.strip():
+        return 5000
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise RuntimeError(f"FLASK_RUN_PORT={value!r} is not a TCP port number")
+    return port
 
 
 def build_command(
@@ -143,7 +184,13 @@ def build_command(
         settings["py_autoreload"] = 1
     settings.update(options)
     binary = find_uwsgi(uwsgi_binary)
-    argv = [binary, "--master", "--http", f"{host or 'localhost'}:{port or 5000}"]
+    # Like ``flask run``, FLASK_RUN_HOST and FLASK_RUN_PORT (read after .env is loaded) are the
+    # defaults of host and port; explicit arguments win.
+    if not host:
+        host = env.get("FLASK_RUN_HOST") or "localhost"
+    if not port:
+        port = _env_port(env.get("FLASK_RUN_PORT"))
+    argv = [binary, "--master", "--http", f"{host}:{port}"]
     argv += ["--http-websockets", "--need-app", "--die-on-term"]
     argv += _app_location(app)
     if sys.prefix != sys.base_prefix:
