@@ -332,23 +332,35 @@ class Connection:
 
     # Writing.
 
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` after everything written before it; never blocks."""
-        if self._out or self._eof_pending:
-            self._out.append(data)
-            self._out_size += len(data)
+    def _write(self, *chunks: bytes | bytearray | memoryview) -> None:
+        """Write ``chunks`` after everything written before; never blocks.
+
+        Several chunks go out in one ``writev``: a frame written in two calls
+        would reach a proxy (uWSGI's ``--http`` router) in two reads, and its
+        Nagle algorithm would hold the second behind the first's ACK.
+        """
+        out = self._out
+        if out or self._eof_pending:
+            for chunk in chunks:
+                out.append(chunk)
+                self._out_size += len(chunk)
             return
         try:
-            sent = os.write(self.fd, data)
+            sent = os.write(self.fd, chunks[0]) if len(chunks) == 1 else os.writev(self.fd, chunks)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             self._connection_lost()
             return
-        if sent < len(data):
-            rest = memoryview(data)[sent:]
-            self._out.append(rest)
+        for chunk in chunks:
+            if sent >= len(chunk):
+                sent -= len(chunk)
+                continue
+            rest = memoryview(chunk)[sent:] if sent else chunk
+            sent = 0
+            out.append(rest)
             self._out_size += len(rest)
+        if out:
             self._update_writing()
 
     def on_writable(self) -> None:
@@ -429,8 +441,7 @@ class Connection:
                 protocol.send_binary(payload)
             self._flush_protocol()
         elif len(payload) > COPY_LIMIT:
-            self._write(frame_header(opcode, len(payload)))
-            self._write(payload)
+            self._write(frame_header(opcode, len(payload)), payload)
         else:
             self._write(frame_header(opcode, len(payload)) + payload)
 

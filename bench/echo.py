@@ -1,0 +1,256 @@
+"""Echo benchmark: uWSGI's native WebSocket loop against the project's gevent example.
+
+    .venv/bin/python bench/echo.py [--duration 5] [--sizes 64,16384] [--conns 1,50]
+                                   [--modes http,http-socket,http-socket-ws] [--json out.json]
+
+For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
+examples/echo_gevent.py) is started under ``--master --gevent 100`` with one worker,
+pinned to one CPU; bench/client.py, pinned to another CPU, measures round trips per
+second for every message size and connection count. The servers take turns for
+``--rounds`` rounds (the machine is shared and noisy); the table gives the median of
+each server's runs and the ratio of the medians, gevent/native.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+STOP_ATTEMPTS = 3
+
+MODES: dict[str, list[str]] = {
+    # The router relays in --http-buffer-size chunks; at its default (one page) Nagle's
+    # algorithm holds every chunk after the first: 16 KiB echoes take ~90 ms (README).
+    "http": ["--http", "{addr}", "--http-websockets", "--http-buffer-size", "65536"],
+    "http-socket": ["--http-socket", "{addr}"],
+    "http-socket-ws": ["--http-socket", "{addr}", "--http-websockets"],
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    """A WSGI app to serve and the WebSocket path it echoes on."""
+
+    name: str
+    app_args: list[str]
+    path: str
+
+
+SERVERS = [
+    Server("native", ["--wsgi-file", str(BENCH / "native_echo.py")], "/"),
+    Server(
+        "gevent",
+        ["--wsgi-file", str(ROOT / "examples" / "echo_gevent.py"), "--callable", "app"],
+        "/echo",
+    ),
+]
+
+
+def free_port() -> int:
+    """Return a loopback port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_probe(port: int) -> bool:
+    """Whether a worker answers a plain GET on ``port`` (not just a listening router)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0) as sock:
+            sock.sendall(f"GET / HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+            answer = b""
+            for _ in range(64):  # read to EOF, so that closing does not reset the connection
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGINT the uWSGI master (SIGTERM would reload it) and wait; return SIGINTs needed.
+
+    A SIGINT is now and then lost (no "SIGINT/SIGTERM received" in the log), so it is
+    repeated a few times; the last resort is SIGKILL to uWSGI's own process group.
+    """
+    for attempt in range(1, STOP_ATTEMPTS + 1):
+        if proc.poll() is not None:
+            return attempt - 1
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_TIMEOUT)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only uWSGI's processes
+        proc.wait(STOP_TIMEOUT)
+    return STOP_ATTEMPTS + 1
+
+
+@contextlib.contextmanager
+def uwsgi(
+    server: Server, mode: str, cpu: int | None, log: Path, extra: list[str], notes: list[str]
+) -> Iterator[int]:
+    """Run ``server`` under uWSGI in ``mode``; yield its port once it answers."""
+    port = free_port()
+    mode_args = [a.format(addr=f"{HOST}:{port}") for a in MODES[mode]]
+    cmd = [
+        str(Path(sys.prefix) / "bin" / "uwsgi"),
+        "--master", "--workers", "1", "--gevent", "100",
+        "--virtualenv", sys.prefix, "--pythonpath", str(ROOT), "--chdir", str(ROOT),
+        "--need-app", "--disable-logging",
+        *mode_args, *server.app_args, *extra,
+    ]  # fmt: skip
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not http_probe(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uWSGI did not come up ({server.name}, {mode}); see {log}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        if (sigints := stop(proc)) > 1:
+            notes.append(f"{log.name}: uWSGI needed {sigints} SIGINTs to stop (>3: SIGKILL)")
+
+
+def measure(url: str, conns: int, size: int, duration: float, cpu: int | None) -> dict[str, Any]:
+    """Run bench/client.py once and return its JSON (or the failure)."""
+    cmd = [sys.executable, str(BENCH / "client.py"), url, "--conns", str(conns)]
+    cmd += ["--size", str(size), "--duration", str(duration)]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=duration + 60, check=False)
+    except subprocess.TimeoutExpired:
+        return {"errors": ["client timed out"]}
+    try:
+        result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        result = {"errors": [f"client failed: {done.stderr.decode()[-500:]}"]}
+    return result
+
+
+def log_trouble(log: Path, limit: int = 10) -> list[str]:
+    """Return the lines of a uWSGI log that look like errors."""
+    words = ("error", "traceback", "exception", "unable", "invalid", "reset", "broken", "signal ")
+    lines = log.read_text(errors="replace").splitlines()
+    return [line for line in lines if any(w in line.lower() for w in words)][:limit]
+
+
+def csv_list(kind: type, text: str) -> list[Any]:
+    """``"1,50"`` -> ``[1, 50]``."""
+    return [kind(item) for item in text.split(",") if item]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Format the results as a text table, with the ratio gevent/native."""
+    rows = ["mode            size   conns   native rt/s   gevent rt/s   gevent/native"]
+    for r in results:
+        nat, gev = r.get("native"), r.get("gevent")
+        ratio = f"{gev / nat:13.2f}" if nat and gev else f"{'-':>13}"
+        cells = [f"{v:13,.0f}" if v else f"{'FAILED':>13}" for v in (nat, gev)]
+        rows.append(f"{r['mode']:<14} {r['size']:>5} {r['conns']:>7} {' '.join(cells)}   {ratio}")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    """Run every selected mode x server x size x connection count; print and save."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds (servers alternate); medians are reported"
+    )
+    parser.add_argument("--sizes", default="64,16384", help="message sizes in bytes")
+    parser.add_argument("--conns", default="1,50", help="connection counts")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
+    parser.add_argument("--servers", default="native,gevent", help="of native, gevent")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 8192"')
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    args = parser.parse_args()
+    modes: list[str] = csv_list(str, args.modes)
+    sizes: list[int] = csv_list(int, args.sizes)
+    conn_counts: list[int] = csv_list(int, args.conns)
+    extra = shlex.split(args.extra)
+    servers = [s for s in SERVERS if s.name in csv_list(str, args.servers)]
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = args.server_cpu, args.client_cpu
+    if not {server_cpu, client_cpu} <= set(cpus) or server_cpu == client_cpu:
+        print(f"warning: CPUs {server_cpu}/{client_cpu} not usable (have {cpus}); not pinning")
+        server_cpu = client_cpu = None
+
+    cells: dict[tuple[str, int, int], dict[str, Any]] = {}
+    notes: list[str] = []
+    logdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
+    try:
+        for mode, round_, server in (
+            (m, r, s) for m in modes for r in range(args.rounds) for s in servers
+        ):
+            log = logdir / f"{mode}-{server.name}-{round_}.log"
+            try:
+                with uwsgi(server, mode, server_cpu, log, extra, notes) as port:
+                    url = f"ws://{HOST}:{port}{server.path}"
+                    for size in sizes:
+                        for n in conn_counts:
+                            got = measure(url, n, size, args.duration, client_cpu)
+                            cell = cells.setdefault((mode, size, n), {})
+                            cell.setdefault(f"{server.name}_runs", []).append(
+                                got.get("rt_per_s") or 0.0
+                            )
+                            cell[server.name] = statistics.median(cell[f"{server.name}_runs"])
+                            rate = got.get("rt_per_s")
+                            shown = f"{rate:,.0f} rt/s" if rate else f"FAILED {got['errors']}"
+                            print(f"{mode:<14} {server.name:<6} {size:>5} B x {n:>3}: {shown}")
+                            if got.get("errors") or got.get("stalled_conns"):
+                                notes.append(f"{mode} {server.name} {size} B x {n}: {got}")
+            except RuntimeError as exc:
+                notes.append(str(exc))
+                print(exc)
+            if trouble := log_trouble(log):
+                notes.append(f"{log.name}: " + " | ".join(trouble))
+    except KeyboardInterrupt:
+        notes.append("interrupted: the results are incomplete")
+    results = [{"mode": m, "size": s, "conns": n, **c} for (m, s, n), c in cells.items()]
+    print()
+    print(table(results))
+    for note in notes:
+        print("note:", note)
+    print(f"uWSGI logs: {logdir}")
+    if args.json:
+        meta = {"duration": args.duration, "extra_uwsgi_args": extra}
+        meta |= {"server_cpu": server_cpu, "client_cpu": client_cpu}
+        report = {"meta": meta, "results": results, "notes": notes}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    complete = all(r.get(s.name) for r in results for s in servers)
+    return 0 if complete and not any(n.startswith("interrupted") for n in notes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
