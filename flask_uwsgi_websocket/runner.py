@@ -21,6 +21,9 @@ INSTALL_HINT = (
     "(README.rst, 'Installing uWSGI')"
 )
 
+#: ``--http-buffer-size`` that ``app.run`` gives uWSGI's ``--http`` router.
+ROUTER_BUFFER_SIZE = 65536
+
 #: Werkzeug development-server arguments that have no uWSGI meaning.
 _REFUSED = {
     "ssl_context": (
@@ -173,7 +176,10 @@ def build_command(
     env["FLASK_DEBUG"] = "1" if debug else "0"
     if use_reloader is None:
         use_reloader = debug
-    settings: dict[str, Any] = {}
+    # The router relays WebSocket data in chunks of this size; at its default (one page),
+    # Nagle's algorithm in the router delays every chunk after the first by a delayed ACK:
+    # a 16 KiB echo took ~90 ms, 11 round trips/s (bench/README.md).
+    settings: dict[str, Any] = {"http_buffer_size": ROUTER_BUFFER_SIZE}
     for key, value in (defaults or {}).items():
         if key == "threads" and (threaded is False or "processes" in options):
             continue

@@ -637,3 +637,11 @@ def test_run_with_a_missing_binary(tmp_path: Path) -> None:
     result = run_script(tmp_path, "uwsgi_binary='no-such-uwsgi-binary'")
     assert result.returncode == 1
     assert "RuntimeError: uWSGI binary 'no-such-uwsgi-binary' not found" in result.stderr
+
+
+
+def test_router_buffer_is_raised_unless_given() -> None:
+    from flask_uwsgi_websocket.runner import ROUTER_BUFFER_SIZE
+
+    assert option(command()[0], "--http-buffer-size") == [str(ROUTER_BUFFER_SIZE)]
+    assert option(command(http_buffer_size=8192)[0], "--http-buffer-size") == ["8192"]
