@@ -50,7 +50,12 @@ class WebSocket:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Serve this extension's routes in ``app``; ``app.run`` then starts uWSGI."""
+        """Serve this extension's routes in ``app``; ``app.run`` then starts uWSGI.
+
+        Under uWSGI, a loop engine that does not fit the flavour is an error here,
+        at start-up, rather than a stuck worker at the first connection.
+        """
+        self.check_engine()
         options = self.options.from_config(app.config)
         app.extensions["uwsgi_websocket"] = self
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app, options)  # type: ignore[method-assign]
@@ -94,8 +99,33 @@ class WebSocket:
         connection_options = {k: options.pop(k) for k in list(options) if k in _OPTION_NAMES}
         Options.check(connection_options)
         options.pop("methods", None)  # the handshake is a GET; others get 400
-        self.url_map.add(Rule(rule, endpoint=endpoint, websocket=True, **options))
+        try:
+            url_rule = Rule(rule, endpoint=endpoint, websocket=True, **options)
+        except TypeError:
+            known = ", ".join(sorted(_OPTION_NAMES - {"timeout"}))
+            raise TypeError(
+                f"unknown WebSocket option(s) or Rule argument(s): {', '.join(sorted(options))};"
+                f" WebSocket options: {known}"
+            ) from None
+        self.url_map.add(url_rule)
         self.view_functions[endpoint] = (view_func, Options.check(connection_options))
+
+    def check_engine(self) -> None:
+        """Raise ``RuntimeError`` when uWSGI runs a loop engine this flavour cannot use."""
+        try:
+            import uwsgi
+        except ImportError:
+            return  # not under uWSGI: app.run() will start it with the right engine
+        loop = getattr(uwsgi, "loop", None)
+        if isinstance(loop, bytes):
+            loop = loop.decode()
+        if loop != self.engine:
+            wanted = f"--{self.engine} N" if self.engine else "--threads N or --processes N"
+            raise RuntimeError(
+                f"{type(self).__name__} needs uWSGI started with {wanted}, but its loop "
+                f"engine is {loop or 'the default one'}: pick the extension of that engine "
+                f"(WebSocket: threads/processes, GeventWebSocket: --gevent)"
+            )
 
     def check_handler(self, handler: Callable[..., Any]) -> None:
         """Refuse, when it is registered, a handler this flavour cannot run."""

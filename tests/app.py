@@ -19,7 +19,7 @@ from flask_uwsgi_websocket import ConnectionClosed, WebSocket, WebSocketClient
 
 FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
 app = Flask(__name__)
-app.config["WEBSOCKET_MAX_MESSAGE_SIZE"] = 1 << 20
+app.config["WEBSOCKET_MAX_MESSAGE_SIZE"] = 1_500_000  # read by init_app (see tests)
 
 websocket: WebSocket
 if FLAVOUR == "gevent":

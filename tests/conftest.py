@@ -39,10 +39,16 @@ class AppServer(UwsgiServer):
         return [e for e in found if route is None or e.get("route") == route]
 
 
-@pytest.fixture(scope="session", params=["plain", "gevent"])
+@pytest.fixture(
+    scope="session",
+    params=[("plain", "http"), ("gevent", "http"), ("plain", "http-socket"),
+            ("gevent", "http-socket")],
+    ids=["plain-http", "gevent-http", "plain-http_socket", "gevent-http_socket"],
+)  # fmt: skip
 def server(request: pytest.FixtureRequest) -> Iterator[AppServer]:
-    """The test app under uWSGI (``--http`` router), in each flavour."""
-    with AppServer(request.param) as srv:
+    """The test app under uWSGI in each flavour, behind the ``--http`` router and not."""
+    flavour, mode = request.param
+    with AppServer(flavour, mode) as srv:
         yield srv
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -319,62 +319,31 @@ def check_rfc_key_and_connection_list(srv: AppServer) -> None:
     assert response.headers["connection"] == "Upgrade"
 
 
-@pytest.fixture(scope="module", params=["plain", "gevent"])
-def http_socket_server(request: pytest.FixtureRequest) -> Iterator[AppServer]:
-    """The test app under uWSGI with ``--http-socket`` (the worker speaks HTTP)."""
-    srv = AppServer(request.param, mode="http-socket")
-    with srv:
-        yield srv
-
-
 BAD_IDS = [case[0] for case in BAD_HANDSHAKES]
 BAD_PARAMS = [case[1:] for case in BAD_HANDSHAKES]
 
 
 @pytest.mark.parametrize(("changes", "status", "phrase"), BAD_PARAMS, ids=BAD_IDS)
-def test_bad_handshake_http_router(
+def test_bad_handshake(
     server: AppServer, changes: dict[str, str | None], status: int, phrase: str
 ) -> None:
     check_bad_handshake(server, changes, status, phrase)
 
 
-@pytest.mark.parametrize(("changes", "status", "phrase"), BAD_PARAMS, ids=BAD_IDS)
-def test_bad_handshake_http_socket(
-    http_socket_server: AppServer, changes: dict[str, str | None], status: int, phrase: str
-) -> None:
-    check_bad_handshake(http_socket_server, changes, status, phrase)
-
-
-def test_plain_get_reaches_flask_view_http_router(server: AppServer) -> None:
+def test_plain_get_reaches_flask_view(server: AppServer) -> None:
     check_plain_get_reaches_flask(server)
 
 
-def test_plain_get_reaches_flask_view_http_socket(http_socket_server: AppServer) -> None:
-    check_plain_get_reaches_flask(http_socket_server)
-
-
-def test_upgrade_without_route_is_flask_404_http_router(server: AppServer) -> None:
+def test_upgrade_without_route_is_flask_404(server: AppServer) -> None:
     check_upgrade_without_route_reaches_flask(server)
 
 
-def test_upgrade_without_route_is_flask_404_http_socket(http_socket_server: AppServer) -> None:
-    check_upgrade_without_route_reaches_flask(http_socket_server)
-
-
-def test_good_handshake_http_router(server: AppServer) -> None:
+def test_good_handshake(server: AppServer) -> None:
     check_good_handshake(server)
 
 
-def test_good_handshake_http_socket(http_socket_server: AppServer) -> None:
-    check_good_handshake(http_socket_server)
-
-
-def test_rfc_key_and_connection_list_http_router(server: AppServer) -> None:
+def test_rfc_key_and_connection_list(server: AppServer) -> None:
     check_rfc_key_and_connection_list(server)
-
-
-def test_rfc_key_and_connection_list_http_socket(http_socket_server: AppServer) -> None:
-    check_rfc_key_and_connection_list(http_socket_server)
 
 
 def test_refused_handshakes_leave_the_server_serving(server: AppServer) -> None:
