@@ -23,7 +23,7 @@ def test_init_app_factory_pattern_and_config() -> None:
     apps[1].config["WEBSOCKET_CLOSE_TIMEOUT"] = 1.5
     for app in apps:
         websocket.init_app(app)
-    for app, interval in zip(apps, (5, 7)):
+    for app, interval in zip(apps, (5, 7), strict=True):
         assert app.extensions["uwsgi_websocket"] is websocket
         assert isinstance(app.wsgi_app, WebSocketMiddleware)
         assert app.wsgi_app.options.ping_interval == interval
