@@ -556,5 +556,7 @@ class Connection:
         with self._lock:
             self._stop_timers()
             self._reading = self._writing = False
-            self.reactor.close()
-            self._sock.close()
+        # Not under the lock: the plain flavour waits here for its I/O thread, which may
+        # be waiting for the lock in a callback.
+        self.reactor.close()
+        self._sock.close()
