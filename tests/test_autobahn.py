@@ -73,4 +73,4 @@ def test_autobahn_cases_1_to_7_and_10(tmp_path: Path) -> None:
             assert server.process.poll() is None  # the master and its worker are alive
     finally:
         for server in servers.values():
-            server.__exit__()
+            server.close()

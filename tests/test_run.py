@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +21,7 @@ from flask_uwsgi_websocket import WebSocket
 from flask_uwsgi_websocket.gevent import GeventWebSocket
 from flask_uwsgi_websocket.runner import build_command, engines, find_uwsgi, uwsgi_options
 
-from .uwsgi_server import ROOT, UWSGI, free_port
+from .uwsgi_server import ROOT, UWSGI, ServerProcess, free_port
 
 PYTHON = sys.executable
 
@@ -376,57 +373,11 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Process:
-    """A server process (``python script`` or ``uwsgi``) with its output in a temporary file."""
-
-    def __init__(self, args: Sequence[str], port: int, cwd: Path, env: dict[str, str]) -> None:
-        self.port = port
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="run-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            list(args), stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd, env=env
-        )
-        self.pid = self.process.pid
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"no answer within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
-
-    def interrupt(self) -> int:
-        """SIGINT (SIGTERM would make uWSGI reload), then the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-                raise AssertionError(f"did not exit on SIGINT:\n{self.output()}") from None
-        return self.process.returncode
-
-    def close(self) -> None:
-        self.interrupt()
-        self.log.close()
-        os.unlink(self.log.name)
-
-
 @contextlib.contextmanager
-def started(args: Sequence[str], port: int, cwd: Path, env: dict[str, str]) -> Iterator[Process]:
-    process = Process(args, port, cwd, env)
+def started(
+    args: Sequence[str], port: int, cwd: Path, env: dict[str, str]
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(args, port, cwd, env)
     try:
         process.wait_ready()
         yield process
@@ -444,13 +395,13 @@ def check_echo(port: int) -> None:
         assert ws.recv(timeout=10) == ""
 
 
-def check_became_uwsgi(process: Process) -> None:
+def check_became_uwsgi(process: ServerProcess) -> None:
     """The ``python`` process exec'd uWSGI: its PID is the uWSGI master's."""
     assert os.path.realpath(f"/proc/{process.pid}/exe") == os.path.realpath(UWSGI)
     assert f"spawned uWSGI master process (pid: {process.pid})" in process.output()
 
 
-def wait_logged(process: Process, text: str, timeout: float = 10.0) -> None:
+def wait_logged(process: ServerProcess, text: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while text not in process.output():
         assert time.monotonic() < deadline, f"{text!r} not logged:\n{process.output()}"
@@ -461,7 +412,7 @@ def wait_logged(process: Process, text: str, timeout: float = 10.0) -> None:
 def test_examples_run_with_python(example: str) -> None:
     port = free_port()
     env = child_env(FLASK_RUN_HOST="127.0.0.1", FLASK_RUN_PORT=str(port))
-    process = Process([PYTHON, str(ROOT / "examples" / example)], port, ROOT, env)
+    process = ServerProcess([PYTHON, str(ROOT / "examples" / example)], port, ROOT, env)
     try:
         process.wait_ready()
         check_became_uwsgi(process)
@@ -470,7 +421,7 @@ def test_examples_run_with_python(example: str) -> None:
         engine = "--gevent" if example == "echo_gevent.py" else "--threads"
         assert engine in cmdline and "--wsgi-file" in cmdline
         check_echo(port)
-        status = process.interrupt()
+        status = process.stop()
         # uWSGI's master exits 0 on SIGINT ("goodbye to uWSGI."), and so does the python
         # process, which is that master.
         assert status == 0, process.output()
@@ -532,7 +483,7 @@ def test_imported_app_served_from_another_directory(tmp_path: Path) -> None:
     with started([PYTHON, str(project / "run.py")], port, elsewhere, env) as process:
         check_became_uwsgi(process)
         check_echo(port)
-        assert process.interrupt() == 0
+        assert process.stop() == 0
 
 
 @pytest.fixture
@@ -541,7 +492,7 @@ def readme_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def check_readme_echo(process: Process) -> None:
+def check_readme_echo(process: ServerProcess) -> None:
     check_echo(process.port)
     # The client has closed: the handler's receive() raised ConnectionClosed, which must end
     # it quietly. A second connection shows the worker serves on; then read the log.
@@ -549,7 +500,7 @@ def check_readme_echo(process: Process) -> None:
         ws.send("second connection")
         assert ws.recv(timeout=10) == "second connection"
     time.sleep(0.5)
-    assert process.interrupt() == 0
+    assert process.stop() == 0
     wait_logged(process, "goodbye to uWSGI.")
     assert "Traceback" not in process.output()
     assert "ConnectionClosed" not in process.output()

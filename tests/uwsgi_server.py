@@ -11,6 +11,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 UWSGI = str(Path(sys.executable).parent / "uwsgi")
@@ -30,8 +34,82 @@ def free_port() -> int:
         return port
 
 
-class UwsgiServer:
-    """A uWSGI master process with its log in a temporary file.
+class ServerProcess:
+    """A server process (``uwsgi``, or ``python script`` that becomes uWSGI) on ``port``.
+
+    Its output goes to a temporary file; ``env`` is its whole environment (default:
+    this process's).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        cwd: str | Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = list(args)
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.url = f"ws://{self.address}"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env
+        )
+        self.pid = self.process.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the app answers HTTP (so the worker has loaded it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                status = self.process.returncode
+                raise RuntimeError(f"uWSGI exited with {status}:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"uWSGI did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        """What the server has logged so far."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> int:
+        """Stop it with SIGINT (SIGTERM would make uWSGI reload); return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"did not exit on SIGINT:\n{self.output()}") from None
+        return self.process.returncode
+
+    def close(self) -> None:
+        """Stop it and delete its log."""
+        try:
+            self.stop()
+        finally:
+            self.log.close()
+            os.unlink(self.log.name)
+
+    def __enter__(self) -> Self:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class UwsgiServer(ServerProcess):
+    """A uWSGI master serving ``app_args`` on a free loopback port.
 
     ``mode`` is how clients reach the worker: ``"http"`` (the ``--http`` router
     with ``--http-websockets``), ``"http-socket"`` (the worker speaks HTTP), or
@@ -46,67 +124,18 @@ class UwsgiServer:
         env: dict[str, str] | None = None,
         cwd: str | Path = ROOT,
     ) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        port = free_port()
+        address = f"127.0.0.1:{port}"
         if mode == "http":
-            listen = ["--http", self.address, "--http-websockets"]
+            listen = ["--http", address, "--http-websockets"]
         elif mode == "http-socket":
-            listen = ["--http-socket", self.address]
+            listen = ["--http-socket", address]
         elif mode == "http-socket-websockets":
-            listen = ["--http-socket", self.address, "--http-websockets"]
+            listen = ["--http-socket", address, "--http-websockets"]
         else:
             raise ValueError(mode)
-        self.args = [
+        args = [
             UWSGI, "--master", *listen, "--virtualenv", sys.prefix, "--pythonpath", str(ROOT),
             "--need-app", *app_args, *extra_args,
         ]  # fmt: skip
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="uwsgi-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            self.args,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(cwd),
-            env={**os.environ, **(env or {})},
-        )
-        self.url = f"ws://{self.address}"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until the app answers HTTP (so the worker has loaded it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uWSGI exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"uWSGI did not answer within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        """What uWSGI has logged so far."""
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
-
-    def stop(self) -> int:
-        """Stop uWSGI with SIGINT (SIGTERM would reload it) and return its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.log.close()
-        return self.process.returncode
-
-    def __enter__(self) -> UwsgiServer:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        os.unlink(self.log.name)
+        super().__init__(args, port, cwd, {**os.environ, **(env or {})})
