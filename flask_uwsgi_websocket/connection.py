@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import struct
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +56,12 @@ protocol_logger = logging.getLogger("flask_uwsgi_websocket.protocol")
 protocol_logger.setLevel(logging.WARNING)
 
 READ_SIZE = 65536
+# After failing a connection, the half-close waits until the peer has sent nothing for this
+# long: a peer still sending (say, the rest of a too-big message) would otherwise have the
+# data in flight refused with a TCP reset -- uWSGI's --http router closes its client socket
+# with unread data when the worker half-closes -- and the reset can destroy the close frame
+# before the peer reads it. ``close_timeout`` still bounds the whole closing.
+LINGER = 0.1
 # Above this size a payload is written after its header rather than copied behind it.
 COPY_LIMIT = 16384
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
@@ -126,6 +133,9 @@ class Connection:
         self._out: deque[bytes | bytearray | memoryview] = deque()
         self._out_size = 0
         self._eof_pending = False  # half-close once the output is flushed
+        self._lingering = False  # half-close once the peer is quiet for LINGER seconds
+        self._linger_until = 0.0
+        self._linger_timer: Timer | None = None
         self._eof_received = False
         self._reading = False
         self._writing = False
@@ -198,6 +208,8 @@ class Connection:
             except OSError:
                 data = b""
             try:
+                if self._lingering:
+                    self._linger_until = time.monotonic() + LINGER
                 if data:
                     self._receive(data)
                 else:
@@ -390,13 +402,34 @@ class Connection:
         for data in self.protocol.data_to_send():
             if data:
                 self._write(data)
-            elif self._out:
-                self._eof_pending = True
+            elif self.protocol.close_rcvd is None and not self._eof_received:
+                # Failing: the peer may still be sending (see LINGER).
+                self._lingering = True
+                self._linger_until = time.monotonic() + LINGER
+                self._linger_timer = self.reactor.call_later(LINGER, self._on_linger)
             else:
-                self._shutdown()
+                self._half_close()
+
+    def _half_close(self) -> None:
+        if self._out:
+            self._eof_pending = True
+        else:
+            self._shutdown()
+
+    def _on_linger(self) -> None:
+        with self._lock:
+            self._linger_timer = None
+            if not self._lingering:
+                return
+            remaining = self._linger_until - time.monotonic()
+            if remaining > 0:
+                self._linger_timer = self.reactor.call_later(remaining, self._on_linger)
+                return
+            self._lingering = False
+            self._half_close()
 
     def _shutdown(self) -> None:
-        self._eof_pending = False
+        self._eof_pending = self._lingering = False
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
 
@@ -537,7 +570,7 @@ class Connection:
             self._wake()
 
     def _stop_timers(self) -> None:
-        for name in ("_keepalive_timer", "_pong_timer", "_close_timer"):
+        for name in ("_keepalive_timer", "_pong_timer", "_close_timer", "_linger_timer"):
             timer = getattr(self, name)
             if timer is not None:
                 timer.cancel()

@@ -327,3 +327,16 @@ def test_close_frame_between_fragments_is_answered_normally(server: AppServer) -
     raw.send(frame(TEXT, b"half", fin=False) + frame(CLOSE, close_payload(1000)))
     assert raw.expect_close() == (1000, "")
     assert raw.wait_eof() < 5
+
+
+def test_close_frame_reaches_a_peer_that_is_still_sending(server: AppServer) -> None:
+    # The server fails on the header of a 2 MB message while the rest is in flight. A
+    # half-close at once made uWSGI's --http router reset the client's connection, which
+    # could destroy the 1009 close frame before the client read it (seen on Python 3.12+).
+    for _ in range(5):
+        with connect(f"{server.url}/small", max_size=None) as ws:
+            ws.send(b"x" * 2_000_000)
+            with pytest.raises(ClientClosed) as info:
+                ws.recv(timeout=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert info.value.__cause__ is None  # closed cleanly, not reset
