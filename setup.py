@@ -17,7 +17,8 @@ setup(
     install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=13"],
     extras_require={
         "gevent": ["gevent>=23.9", "greenlet>=3"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "websocket-client>=1.6", "mypy>=1.8", "ruff>=0.4"],
+        "asyncio": ["greenlet>=3"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "mypy>=1.8", "ruff>=0.4"],
         "bench": ["picows>=1.6", "uvloop>=0.19"],
     },
     classifiers=[

@@ -2,9 +2,10 @@
 
 Import the extension of the flavour the app runs in::
 
-    from flask_uwsgi_websocket import GeventWebSocket   # or WebSocket (plain threads)
+    from flask_uwsgi_websocket import GeventWebSocket   # or WebSocket, AsyncioWebSocket
 
-The gevent names are imported on first use, so the plain flavour needs no gevent.
+The gevent and asyncio names are imported on first use, so the plain flavour needs
+neither gevent nor greenlet.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from .middleware import WebSocketMiddleware
 from .options import Options
 
 if TYPE_CHECKING:
+    from .asyncio import AsyncioWebSocket, AsyncioWebSocketClient, AsyncioWebSocketMiddleware
     from .gevent import GeventWebSocket, GeventWebSocketClient, GeventWebSocketMiddleware
 
 __all__ = [
+    "AsyncioWebSocket",
+    "AsyncioWebSocketClient",
+    "AsyncioWebSocketMiddleware",
     "ConnectionClosed",
     "GeventWebSocket",
     "GeventWebSocketClient",
@@ -34,6 +39,9 @@ __all__ = [
 __version__ = "1.0.0.dev0"
 
 _LAZY = {
+    "AsyncioWebSocket": "asyncio",
+    "AsyncioWebSocketClient": "asyncio",
+    "AsyncioWebSocketMiddleware": "asyncio",
     "GeventWebSocket": "gevent",
     "GeventWebSocketClient": "gevent",
     "GeventWebSocketMiddleware": "gevent",

@@ -37,6 +37,8 @@ class WebSocket:
     run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
     #: The uWSGI loop engine the flavour needs (``None``: the default one).
     engine: ClassVar[str | None] = None
+    #: The uWSGI plugins ``run`` checks the binary for.
+    plugins: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         #: The options given to the extension; each app adds its config.
@@ -148,4 +150,4 @@ class WebSocket:
         app = app or self.app
         if app is None:
             raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
-        run_uwsgi(app, defaults=self.run_defaults, engine=self.engine, **kwargs)
+        run_uwsgi(app, defaults=self.run_defaults, plugins=self.plugins, **kwargs)

@@ -161,3 +161,4 @@ class GeventWebSocket(WebSocket):
     middleware_class = GeventWebSocketMiddleware
     run_defaults = {"gevent": 100}
     engine = "gevent"
+    plugins = ("gevent",)

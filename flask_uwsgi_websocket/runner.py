@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -206,13 +206,19 @@ def build_command(
 
 
 def run_uwsgi(
-    app: Flask, defaults: Mapping[str, Any] | None = None, engine: str | None = None, **kwargs: Any
+    app: Flask,
+    defaults: Mapping[str, Any] | None = None,
+    plugins: Sequence[str] = (),
+    **kwargs: Any,
 ) -> NoReturn:
     """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
     argv, env = build_command(app, defaults, **kwargs)
-    if engine is not None and not {"plugin", "plugins"} & set(kwargs):
-        if engine not in engines(argv[0]):
-            raise RuntimeError(f"uWSGI at {argv[0]} has no {engine} engine: {INSTALL_HINT}")
+    if plugins and not {"plugin", "plugins"} & set(kwargs):
+        missing = [name for name in plugins if name not in engines(argv[0])]
+        if missing:
+            raise RuntimeError(
+                f"uWSGI at {argv[0]} has no {' or '.join(missing)} engine: {INSTALL_HINT}"
+            )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

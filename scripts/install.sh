@@ -14,12 +14,12 @@ py=$VENV/bin/python
 "$py" -m pip install -q --upgrade pip
 bash scripts/install-uwsgi.sh "$py"
 if [[ ${1:-} == --test ]]; then
-  "$py" -m pip install -q -e ".[gevent,test,bench]"
+  "$py" -m pip install -q -e ".[gevent,asyncio,test,bench]"
   if ! command -v redis-server >/dev/null; then
     sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
     $sudo apt-get update -q && $sudo apt-get install -y -q redis-server >/dev/null
   fi
   bash scripts/install-autobahn.sh >/dev/null
 else
-  "$py" -m pip install -q -e ".[gevent]"
+  "$py" -m pip install -q -e ".[gevent,asyncio]"
 fi

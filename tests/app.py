@@ -1,8 +1,8 @@
-"""The app the tests serve with real uWSGI: one route per behaviour under test.
+"""The app the tests serve with real uWSGI, plain and gevent flavours: a route per behaviour.
 
-``TEST_FLAVOUR`` (``plain`` or ``gevent``) picks the extension. Handlers record
-what they see with :func:`record`; tests read it back from ``GET /events``
-(uWSGI runs one worker process, so one list holds every connection's events).
+``TEST_FLAVOUR`` (``plain`` or ``gevent``) picks the extension; ``app_asyncio.py`` has
+the same routes for the asyncio flavour. Handlers record what they see with
+:func:`~tests.app_common.record`; tests read it back from ``GET /events``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import threading
 import time
 from typing import Any
 
-from flask import Flask, request
+from flask import request
 
 from flask_uwsgi_websocket import ConnectionClosed, WebSocket, WebSocketClient
 
+from .app_common import app, record
+
 FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
-app = Flask(__name__)
-app.config["WEBSOCKET_MAX_MESSAGE_SIZE"] = 1_500_000  # read by init_app (see tests)
 
 websocket: WebSocket
 if FLAVOUR == "gevent":
@@ -41,37 +41,7 @@ else:
         threading.Thread(target=function, args=args, daemon=True).start()
 
 
-events: list[dict[str, Any]] = []
 clients: dict[str, WebSocketClient] = {}
-
-
-def record(**event: Any) -> None:
-    """Keep ``event`` for ``GET /events``."""
-    events.append(event)
-
-
-@app.route("/events")
-def get_events() -> Any:
-    return app.response_class(json.dumps(events), mimetype="application/json")
-
-
-@app.route("/events", methods=["DELETE"])
-def clear_events() -> str:
-    events.clear()
-    return ""
-
-
-@app.route("/loop-iterations")
-def loop_iterations() -> str:
-    """The gevent hub's loop iteration count (how often it woke up)."""
-    import gevent
-
-    return str(gevent.get_hub().loop.iteration)
-
-
-@app.route("/echo")
-def echo_http() -> str:
-    return "HTTP view at the same URL"
 
 
 @websocket.route("/echo")

@@ -11,6 +11,8 @@ import pytest
 
 from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer
 
+APP_MODULES = {"asyncio": "tests.app_asyncio:app"}
+
 
 class AppServer(UwsgiServer):
     """``tests/app.py`` served by uWSGI in one flavour."""
@@ -18,7 +20,8 @@ class AppServer(UwsgiServer):
     def __init__(self, flavour: str, mode: str = "http", extra_args: tuple[str, ...] = ()) -> None:
         self.flavour = flavour
         super().__init__(
-            ["--module", "tests.app:app", "--sharedarea", "1", *FLAVOUR_ARGS[flavour]],
+            ["--module", APP_MODULES.get(flavour, "tests.app:app"), "--sharedarea", "1",
+             *FLAVOUR_ARGS[flavour]],
             extra_args,
             mode=mode,
             env={"TEST_FLAVOUR": flavour},
@@ -41,9 +44,10 @@ class AppServer(UwsgiServer):
 
 @pytest.fixture(
     scope="session",
-    params=[("plain", "http"), ("gevent", "http"), ("plain", "http-socket"),
-            ("gevent", "http-socket")],
-    ids=["plain-http", "gevent-http", "plain-http_socket", "gevent-http_socket"],
+    params=[(flavour, mode) for mode in ("http", "http-socket")
+            for flavour in ("plain", "gevent", "asyncio")],
+    ids=[f"{flavour}-{mode}" for mode in ("http", "http_socket")
+         for flavour in ("plain", "gevent", "asyncio")],
 )  # fmt: skip
 def server(request: pytest.FixtureRequest) -> Iterator[AppServer]:
     """The test app under uWSGI in each flavour, behind the ``--http`` router and not."""
@@ -56,4 +60,11 @@ def server(request: pytest.FixtureRequest) -> Iterator[AppServer]:
 def gevent_server() -> Iterator[AppServer]:
     """The test app under uWSGI in the gevent flavour only."""
     with AppServer("gevent") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def asyncio_server() -> Iterator[AppServer]:
+    """The test app under uWSGI in the asyncio flavour only."""
+    with AppServer("asyncio") as srv:
         yield srv

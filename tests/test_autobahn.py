@@ -19,7 +19,11 @@ from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer
 
 CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
-EXAMPLES = {"plain": "examples/echo.py", "gevent": "examples/echo_gevent.py"}
+EXAMPLES = {
+    "plain": "examples/echo.py",
+    "gevent": "examples/echo_gevent.py",
+    "asyncio": "examples/echo_asyncio.py",
+}
 
 
 def wstest() -> str:

@@ -78,8 +78,8 @@ def test_client_attributes(server: AppServer) -> None:
             ids.add(info["id"])
     assert info["path"] == "/info" and info["query"] == "1"
     assert info["connected"] is True and info["subprotocol"] is None
-    expected = "GeventWebSocketClient" if server.flavour == "gevent" else "WebSocketClient"
-    assert info["class"] == expected
+    expected = {"plain": "", "gevent": "Gevent", "asyncio": "Asyncio"}[server.flavour]
+    assert info["class"] == expected + "WebSocketClient"
     assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) for i in ids)
 
 

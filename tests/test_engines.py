@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from .conftest import APP_MODULES
 from .uwsgi_server import UwsgiServer
 
 
@@ -12,13 +13,16 @@ from .uwsgi_server import UwsgiServer
     [
         ("plain", ["--gevent", "10"], "WebSocket needs uWSGI started with --threads N"),
         ("gevent", ["--threads", "2"], "GeventWebSocket needs uWSGI started with --gevent N"),
+        ("asyncio", ["--gevent", "10"], "AsyncioWebSocket needs uWSGI started with --asyncio N"),
+        ("asyncio", ["--asyncio", "10"], "needs uWSGI started with --asyncio N --greenlet"),
     ],
 )
 def test_wrong_engine_is_refused_at_start_up(
     flavour: str, engine_args: list[str], message: str
 ) -> None:
     server = UwsgiServer(
-        ["--module", "tests.app:app", *engine_args], env={"TEST_FLAVOUR": flavour}
+        ["--module", APP_MODULES.get(flavour, "tests.app:app"), *engine_args],
+        env={"TEST_FLAVOUR": flavour},
     )
     try:
         with pytest.raises(RuntimeError, match="uWSGI exited"):

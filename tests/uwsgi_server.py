@@ -23,6 +23,7 @@ UWSGI = str(Path(sys.executable).parent / "uwsgi")
 FLAVOUR_ARGS = {
     "plain": ["--threads", "8"],
     "gevent": ["--gevent", "100"],
+    "asyncio": ["--asyncio", "100", "--greenlet"],
 }
 
 

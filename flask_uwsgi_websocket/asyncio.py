@@ -1,0 +1,362 @@
+"""The asyncio flavour: ``uwsgi --asyncio N --greenlet``, or ``app.run(asyncio=N, greenlet=True)``.
+
+uWSGI's asyncio engine runs an event loop in each worker's main greenlet and
+each request in a greenlet of its own (an async core). After the handshake
+the request's greenlet starts the handler as a task on that loop and parks
+until the task is done; the connection's socket is watched with the loop's
+``add_reader``, so the connection core is the one the other flavours share.
+Any task of the loop may send to any connection.
+
+On Python 3.12 and later uWSGI's engine calls ``asyncio.get_event_loop()``
+from C where no loop exists yet, and every worker dies at start-up; the
+extension creates each worker's loop first (``uwsgi.post_fork_hook``, or at
+import under ``--lazy-apps``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import greenlet
+
+from .connection import Connection, Message, Reactor, Timer, logger
+from .exceptions import ConnectionClosed, WebSocketError
+from .extension import WebSocket
+from .middleware import WebSocketMiddleware
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
+
+_DEFAULT: Any = object()
+
+
+class AsyncioReactor:
+    """A connection's watchers on the worker's asyncio loop."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = fd
+        self.loop = loop
+
+    def watch_read(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` from the loop whenever the socket is readable."""
+        if callback is None:
+            self.loop.remove_reader(self.fd)
+        else:
+            self.loop.add_reader(self.fd, callback)
+
+    def watch_write(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` from the loop whenever the socket is writable."""
+        if callback is None:
+            self.loop.remove_writer(self.fd)
+        else:
+            self.loop.add_writer(self.fd, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Call ``callback`` from the loop after ``delay`` seconds."""
+        return self.loop.call_later(delay, callback)
+
+    def close(self) -> None:
+        """Stop watching the socket."""
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+
+
+class AsyncioWebSocketClient(Connection):
+    """A WebSocket connection in the asyncio flavour: the same API, with coroutines.
+
+    ``receive``, ``send``, ``send_binary``, ``ping`` and ``close`` are coroutines;
+    ``recv_nb`` and ``send_nb`` never wait; ``async for message in ws`` ends when
+    the connection closes. ``a_recv`` and ``a_send`` are the 0.6.1 names.
+    """
+
+    def __init__(self, fd: int, environ: dict[str, Any], options: Any) -> None:
+        self._loop = asyncio.get_event_loop()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._task_waiting = 0
+        super().__init__(fd, environ, options)
+        #: The subprotocol agreed in the handshake, or ``None``.
+        self.subprotocol: str | None = None
+
+    # The asyncio flavour's waiting.
+
+    def _make_reactor(self) -> Reactor:
+        return AsyncioReactor(self.fd, self._loop)
+
+    def _wait(self, timeout: float | None) -> None:
+        raise RuntimeError("the asyncio flavour waits with _wait_async()")
+
+    async def _wait_async(self, timeout: float | None) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(future)
+        mine = self._task is not None and asyncio.current_task() is self._task
+        self._task_waiting += mine
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(max(timeout, 0.0), _resolve, future)
+        try:
+            await future
+        finally:
+            self._task_waiting -= mine
+            if timer is not None:
+                timer.cancel()
+            if future in self._waiters:
+                self._waiters.remove(future)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            _resolve(future)
+        if self._task is not None and not self.connected:
+            self._loop.call_soon(self._stop_handler)
+
+    def _stop_handler(self) -> None:
+        task = self._task
+        if task is None or task.done() or self._task_waiting:
+            return
+        # Awaiting something else than this connection: end it there.
+        self._task = None
+        task.cancel("WebSocket connection closed")
+
+    # Public API.
+
+    @property
+    def timeout(self) -> float | None:
+        """The default timeout of :meth:`receive` (0.6.1 name)."""
+        return self.options.receive_timeout
+
+    async def receive(self, timeout: float | None = _DEFAULT) -> Message | None:
+        """The next message: ``str`` (text) or ``bytes`` (binary).
+
+        Returns ``None`` when ``timeout`` seconds pass first (default: the
+        ``receive_timeout`` option, which waits forever). Raises
+        :class:`ConnectionClosed` once the connection is closed and every
+        message received before has been returned.
+        """
+        if timeout is _DEFAULT:
+            timeout = self.options.receive_timeout
+        deadline = None
+        while True:
+            if self._messages:
+                message = self._messages.popleft()
+                if not self._reading:
+                    self._update_reading()
+                return message
+            if self.closed:
+                raise self._closed_error()
+            if timeout is None:
+                await self._wait_async(None)
+                continue
+            now = self._loop.time()
+            if deadline is None:
+                deadline = now + timeout
+            if now >= deadline:
+                return None
+            await self._wait_async(deadline - now)
+
+    recv = a_recv = receive
+
+    def recv_nb(self) -> Message | None:
+        """A message already received, or ``None``; never waits."""
+        if not self._messages and self._reading:
+            self.on_readable()
+        if self._messages:
+            message = self._messages.popleft()
+            self._update_reading()
+            return message
+        if self.closed:
+            raise self._closed_error()
+        return None
+
+    def send_nb(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
+        """Send ``message`` without waiting for the peer to read.
+
+        Raises :class:`WebSocketError` when more than ``write_limit`` bytes are
+        already waiting to be sent, so memory stays bounded: ``await send()``
+        waits instead.
+        """
+        if self._backlogged():
+            raise WebSocketError(f"send buffer full ({self._out_size} bytes): await send()")
+        if binary and isinstance(message, str):
+            message = message.encode()
+        self._send(message)
+
+    async def send(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
+        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
+
+        Waits while more than ``write_limit`` bytes are waiting to be sent.
+        Raises :class:`ConnectionClosed` once the closing handshake has begun.
+        ``binary=True`` sends a ``str`` as binary, encoded in UTF-8.
+        """
+        if binary and isinstance(message, str):
+            message = message.encode()
+        self._send(message)
+        while self._backlogged():
+            await self._wait_async(None)
+
+    a_send = send
+
+    async def send_binary(self, data: Message | bytearray | memoryview) -> None:
+        """Send ``data`` as a binary frame; a ``str`` is encoded in UTF-8."""
+        await self.send(data, binary=True)
+
+    async def send_from_sharedarea(self, id: int, pos: int) -> None:
+        """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
+        await self.send(_sharedarea_read(id, pos).decode())
+
+    async def send_binary_from_sharedarea(self, id: int, pos: int) -> None:
+        """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
+        await self.send(_sharedarea_read(id, pos))
+
+    async def ping(self, data: bytes | str = b"") -> None:
+        """Send a ping; the peer's pong is taken care of."""
+        self._ping(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` and ``reason`` and wait for the peer's answer.
+
+        Waits ``close_timeout`` seconds at most. Does nothing once closing.
+        """
+        self._begin_close(code, reason)
+        while not self.closed:
+            await self._wait_async(None)
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        """Iterate over messages until the connection closes."""
+        while True:
+            try:
+                message = await self.receive(timeout=None)
+            except ConnectionClosed:
+                return
+            assert message is not None
+            yield message
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
+
+    # Serving: called by the middleware, in the request's greenlet.
+
+    def _serve(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
+        """Run ``handler`` as a task on the loop; park this greenlet until it is done."""
+        self.start()
+        task = self._loop.create_task(self._run(handler, kwargs, app))
+        self._task = task
+        request_greenlet = greenlet.getcurrent()
+        task.add_done_callback(lambda _: request_greenlet.switch())
+        try:
+            while not task.done():
+                request_greenlet.parent.switch()  # the loop's greenlet
+        finally:
+            self._release()
+
+    async def _run(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
+        code = 1000
+        try:
+            await handler(self, **kwargs)
+        except ConnectionClosed as exc:
+            logger.debug("WebSocket %s: handler ended on %s", self.id, exc)
+        except asyncio.CancelledError:
+            # Cancelled by _stop_handler (the connection is gone) or by a shutdown.
+            logger.debug("WebSocket %s: handler cancelled", self.id)
+            code = 1001
+        except Exception:
+            app.logger.exception(
+                "WebSocket handler %s for %s failed",
+                getattr(handler, "__name__", handler),
+                self.environ.get("PATH_INFO"),
+            )
+            code = 1011
+        self._task = None
+        await self.close(code, "")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _sharedarea_read(id: int, pos: int) -> bytes:
+    import uwsgi
+
+    data: bytes = uwsgi.sharedarea_read(id, pos)
+    return data
+
+
+_loop_prepared_in: int | None = None
+
+
+def _prepare_worker_loop(uwsgi: Any) -> None:
+    """Create each worker's event loop before uWSGI's asyncio engine asks for it.
+
+    On Python 3.12+ the engine's ``asyncio.get_event_loop()`` call from C fails
+    when no loop is set ("call stack is not deep enough"), killing the worker.
+    """
+    global _loop_prepared_in
+
+    def new_loop() -> None:
+        global _loop_prepared_in
+        if _loop_prepared_in != os.getpid():
+            _loop_prepared_in = os.getpid()
+            asyncio.set_event_loop(asyncio.new_event_loop())
+
+    if uwsgi.worker_id() > 0:  # a worker importing the app (--lazy-apps)
+        new_loop()
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+    if getattr(previous, "_creates_loop", False):
+        return
+
+    def post_fork() -> None:
+        new_loop()
+        if previous is not None:
+            previous()
+
+    post_fork._creates_loop = True  # type: ignore[attr-defined]
+    uwsgi.post_fork_hook = post_fork
+
+
+class AsyncioWebSocketMiddleware(WebSocketMiddleware):
+    """Serves WebSocket routes with :class:`AsyncioWebSocketClient`."""
+
+    client_class = AsyncioWebSocketClient  # type: ignore[assignment]
+
+
+class AsyncioWebSocket(WebSocket):
+    """The Flask extension, asyncio flavour: ``async def`` handlers.
+
+    Run with ``app.run(asyncio=100, greenlet=True)`` (the defaults) or
+    ``uwsgi --asyncio 100 --greenlet``.
+    """
+
+    middleware_class = AsyncioWebSocketMiddleware
+    run_defaults = {"asyncio": 100, "greenlet": True}
+    engine = "asyncio"
+    plugins = ("asyncio", "greenlet")
+
+    def check_engine(self) -> None:
+        """Refuse another engine or a missing ``--greenlet``; prepare the worker's loop."""
+        super().check_engine()
+        try:
+            import uwsgi
+        except ImportError:
+            return
+        if not uwsgi.opt.get("greenlet"):
+            raise RuntimeError(
+                "AsyncioWebSocket needs uWSGI started with --asyncio N --greenlet "
+                "(the request greenlets park while their handler tasks run)"
+            )
+        _prepare_worker_loop(uwsgi)
+
+    def check_handler(self, handler: Callable[..., Any]) -> None:
+        """Refuse, when it is registered, a handler that is not a coroutine function."""
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(
+                f"{getattr(handler, '__name__', handler)} is not a coroutine function: "
+                f"AsyncioWebSocket handlers are written 'async def handler(ws): ...'"
+            )

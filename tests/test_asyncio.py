@@ -1,0 +1,81 @@
+"""What only the asyncio flavour promises: tasks, cancellation, released cores, broadcast."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from flask_uwsgi_websocket import AsyncioWebSocket
+
+from .conftest import AppServer
+from .test_connection import wait_for
+
+
+def test_plain_def_handler_is_refused_when_registered() -> None:
+    websocket = AsyncioWebSocket()
+
+    def handler(ws: object) -> None: ...
+
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        websocket.route("/sync")(handler)
+    assert not websocket.view_functions
+
+
+def test_handler_awaiting_elsewhere_is_cancelled_when_the_peer_goes(
+    asyncio_server: AppServer,
+) -> None:
+    asyncio_server.http("/events", "DELETE")
+    with connect(f"{asyncio_server.url}/blocked") as ws:
+        assert ws.recv() == "sleeping"
+    started = time.monotonic()
+    event = wait_for(lambda: asyncio_server.events("blocked"))[0]
+    assert event == {"route": "blocked", "outcome": "CancelledError", "code": 1000}
+    assert time.monotonic() - started < 5  # not the 30 s sleep
+
+
+def test_fifty_connections_on_one_worker(asyncio_server: AppServer) -> None:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(connect(f"{asyncio_server.url}/echo")) for _ in range(50)]
+        for round_ in range(3):
+            for i, ws in enumerate(sockets):
+                ws.send(f"{round_}:{i}")
+            assert [ws.recv(timeout=10) for ws in sockets] == [
+                f"{round_}:{i}" for i in range(50)
+            ]
+
+
+def test_broadcast_from_one_task_to_many_connections(asyncio_server: AppServer) -> None:
+    with contextlib.ExitStack() as stack:
+        subscribers = [
+            stack.enter_context(connect(f"{asyncio_server.url}/subscribe")) for _ in range(20)
+        ]
+        time.sleep(0.3)  # every subscriber registered
+        with connect(f"{asyncio_server.url}/broadcast") as publisher:
+            publisher.send("50")
+            assert publisher.recv(timeout=10) == "sent 50 to 20"
+        for ws in subscribers:
+            assert [ws.recv(timeout=10) for _ in range(50)] == [f"news {i}" for i in range(50)]
+
+
+def test_cores_are_released_when_connections_end() -> None:
+    # Ten async cores: if a connection's core stayed parked after the connection went away,
+    # the second batch of ten would wait forever in uWSGI's queue.
+    with AppServer("asyncio", extra_args=("--asyncio", "10")) as server:
+        with contextlib.ExitStack() as stack:
+            blocked = [stack.enter_context(connect(f"{server.url}/blocked")) for _ in range(9)]
+            for ws in blocked:
+                assert ws.recv(timeout=10) == "sleeping"
+        wait_for(lambda: len(server.events("blocked")) == 9)
+        for _ in range(3):  # and again: nothing leaks across batches
+            with contextlib.ExitStack() as stack:
+                echoes = [
+                    stack.enter_context(connect(f"{server.url}/echo", open_timeout=5))
+                    for _ in range(9)
+                ]
+                for i, ws in enumerate(echoes):
+                    ws.send(str(i))
+                assert [ws.recv(timeout=5) for ws in echoes] == [str(i) for i in range(9)]
+        assert "async queue is full" not in server.output()
