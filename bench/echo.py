@@ -48,11 +48,12 @@ MODES: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Server:
-    """A WSGI app to serve and the WebSocket path it echoes on."""
+    """A WSGI app to serve, the WebSocket path it echoes on, and its loop engine."""
 
     name: str
     app_args: list[str]
     path: str
+    engine: tuple[str, ...] = ("--gevent", "100")
 
 
 SERVERS = [
@@ -61,6 +62,12 @@ SERVERS = [
         "gevent",
         ["--wsgi-file", str(ROOT / "examples" / "echo_gevent.py"), "--callable", "app"],
         "/echo",
+    ),
+    Server(
+        "asyncio",
+        ["--wsgi-file", str(ROOT / "examples" / "echo_asyncio.py"), "--callable", "app"],
+        "/echo",
+        ("--asyncio", "100", "--greenlet"),
     ),
 ]
 
@@ -115,7 +122,7 @@ def uwsgi(
     mode_args = [a.format(addr=f"{HOST}:{port}") for a in MODES[mode]]
     cmd = [
         str(Path(sys.prefix) / "bin" / "uwsgi"),
-        "--master", "--workers", "1", "--gevent", "100",
+        "--master", "--workers", "1", *server.engine,
         "--virtualenv", sys.prefix, "--pythonpath", str(ROOT), "--chdir", str(ROOT),
         "--need-app", "--disable-logging",
         *mode_args, *server.app_args, *extra,
@@ -167,13 +174,19 @@ def csv_list(kind: type, text: str) -> list[Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Format the results as a text table, with the ratio gevent/native."""
-    rows = ["mode            size   conns   native rt/s   gevent rt/s   gevent/native"]
+    """Format the results as a text table, with the ratios to native and asyncio/gevent."""
+    names = ["native", "gevent", "asyncio"]
+    rows = [
+        "mode            size   conns" + "".join(f"{n + ' rt/s':>14}" for n in names)
+        + "  gevent/native asyncio/native asyncio/gevent"
+    ]  # fmt: skip
     for r in results:
-        nat, gev = r.get("native"), r.get("gevent")
-        ratio = f"{gev / nat:13.2f}" if nat and gev else f"{'-':>13}"
-        cells = [f"{v:13,.0f}" if v else f"{'FAILED':>13}" for v in (nat, gev)]
-        rows.append(f"{r['mode']:<14} {r['size']:>5} {r['conns']:>7} {' '.join(cells)}   {ratio}")
+        values = [r.get(n) for n in names]
+        cells = "".join(f"{v:14,.0f}" if v else f"{'-':>14}" for v in values)
+        nat, gev, asy = values
+        ratios = [a / b if a and b else None for a, b in ((gev, nat), (asy, nat), (asy, gev))]
+        shown = "".join(f"{x:15.2f}" if x else f"{'-':>15}" for x in ratios)
+        rows.append(f"{r['mode']:<14} {r['size']:>5} {r['conns']:>7}{cells}{shown}")
     return "\n".join(rows)
 
 
@@ -187,7 +200,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="64,16384", help="message sizes in bytes")
     parser.add_argument("--conns", default="1,50", help="connection counts")
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
-    parser.add_argument("--servers", default="native,gevent", help="of native, gevent")
+    parser.add_argument(
+        "--servers", default="native,gevent,asyncio", help="of native, gevent, asyncio"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 8192"')
     parser.add_argument("--server-cpu", type=int, default=0)
