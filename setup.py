@@ -14,7 +14,7 @@ setup(
     packages=["flask_uwsgi_websocket"],
     package_data={"flask_uwsgi_websocket": ["py.typed"]},
     python_requires=">=3.10",
-    install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=13"],
+    install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=16"],
     extras_require={
         "gevent": ["gevent>=23.9", "greenlet>=3"],
         "asyncio": ["greenlet>=3"],

@@ -37,7 +37,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from websockets.frames import Frame, Opcode
-from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
+from websockets.protocol import CLOSED, OPEN, SERVER, Protocol  # 16+: Protocol.current_size
 
 from .exceptions import ConnectionClosed
 from .options import Options
@@ -217,7 +217,12 @@ class Connection:
             except Exception:  # a bug here must not take the worker down
                 logger.exception("WebSocket connection %s failed", self.id)
                 self._fail(1011, "internal error")
-            self._update_reading()
+            if (
+                len(self._messages) >= self.options.max_queue
+                or self._eof_received
+                or self.protocol.state is not OPEN
+            ):
+                self._update_reading()
             self._wake()
 
     def _receive(self, data: bytes) -> None:

@@ -11,7 +11,7 @@ from werkzeug.routing import Map, Rule
 
 from .middleware import WebSocketMiddleware
 from .options import Options
-from .runner import run_uwsgi
+from .runner import INSTALL_HINT, run_uwsgi
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -126,7 +126,8 @@ class WebSocket:
             raise RuntimeError(
                 f"{type(self).__name__} needs uWSGI started with {wanted}, but its loop "
                 f"engine is {loop or 'the default one'}: pick the extension of that engine "
-                f"(WebSocket: threads/processes, GeventWebSocket: --gevent)"
+                f"(WebSocket: threads/processes, GeventWebSocket: --gevent, AsyncioWebSocket: "
+                f"--asyncio N --greenlet); a uWSGI without the engine? {INSTALL_HINT}"
             )
 
     def check_handler(self, handler: Callable[..., Any]) -> None:

@@ -80,8 +80,9 @@ class GeventWebSocketClient(WebSocketClient):
 
     def __init__(self, fd: int, environ: dict[str, Any], options: Any) -> None:
         self._hub = get_hub()
-        self._waiters: list[tuple[Any, Waiter[Any]]] = []
+        self._waiters: list[Waiter[Any]] = []
         self._handler: Any = None
+        self._handler_waiting = 0  # the handler is blocked in this connection's methods
         super().__init__(fd, environ, options)
         # Greenlets switch only where they wait: no lock is needed.
         self._lock = self._condition = _NO_LOCK
@@ -91,29 +92,34 @@ class GeventWebSocketClient(WebSocketClient):
 
     def _wait(self, timeout: float | None) -> None:
         waiter: Waiter[Any] = Waiter(self._hub)
-        entry = (greenlet.getcurrent(), waiter)
-        self._waiters.append(entry)
-        timer = None
-        if timeout is not None:
-            timer = self._hub.loop.timer(max(timeout, 0.0))
-            timer.start(waiter.switch, None)
+        self._waiters.append(waiter)
+        mine = greenlet.getcurrent() is self._handler
+        self._handler_waiting += mine
+        if timeout is None:
+            try:
+                waiter.get()
+            finally:
+                self._handler_waiting -= mine
+            return
+        timer = self._hub.loop.timer(max(timeout, 0.0))
+        timer.start(waiter.switch, None)
         try:
             waiter.get()
         finally:
-            if timer is not None:
-                timer.close()
-            if entry in self._waiters:
-                self._waiters.remove(entry)
+            self._handler_waiting -= mine
+            timer.close()
+            if waiter in self._waiters:  # woken by the timer
+                self._waiters.remove(waiter)
 
     def _wake(self) -> None:
         waiters = self._waiters
         if waiters:
             self._waiters = []
             if greenlet.getcurrent() is self._hub:
-                for _, waiter in waiters:
+                for waiter in waiters:
                     waiter.switch(None)
             else:
-                for _, waiter in waiters:
+                for waiter in waiters:
                     self._hub.loop.run_callback(waiter.switch, None)
         if self._handler is not None and not self.connected:
             self._hub.loop.run_callback(self._stop_handler)
@@ -124,7 +130,7 @@ class GeventWebSocketClient(WebSocketClient):
             handler is None
             or handler.dead
             or handler is greenlet.getcurrent()
-            or any(g is handler for g, _ in self._waiters)
+            or self._handler_waiting
         ):
             return
         # Blocked outside this connection: end it where it waits.

@@ -79,3 +79,19 @@ def test_cores_are_released_when_connections_end() -> None:
                     ws.send(str(i))
                 assert [ws.recv(timeout=5) for ws in echoes] == [str(i) for i in range(9)]
         assert "async queue is full" not in server.output()
+
+
+def test_several_processes_with_lazy_apps() -> None:
+    # Each worker gets its own event loop, whether the app loads in the master or, with
+    # --lazy-apps, in each worker (on Python 3.12+ a worker without one dies at start-up).
+    for lazy in ((), ("--lazy-apps",)):
+        with AppServer("asyncio", extra_args=("--processes", "2", *lazy)) as server:
+            with contextlib.ExitStack() as stack:
+                sockets = [stack.enter_context(connect(f"{server.url}/echo")) for _ in range(6)]
+                for i, ws in enumerate(sockets):
+                    ws.send(f"message {i}")
+                assert [ws.recv(timeout=10) for ws in sockets] == [
+                    f"message {i}" for i in range(6)
+                ]
+            assert "Traceback" not in server.output()
+            assert "spawned uWSGI worker 2" in server.output()

@@ -539,7 +539,7 @@ def test_engines_of_our_uwsgi() -> None:
 FAKE_UWSGI = """\
 #!/bin/sh
 if [ "$1" = "--plugins-list" ]; then
-  printf '\\n*** uWSGI loaded generic plugins ***\\nasyncio\\ngreenlet\\ncorerouter\\nhttp\\n'
+  printf '\\n*** uWSGI loaded generic plugins ***\\n{plugins}\\ncorerouter\\nhttp\\n'
   printf '\\n*** uWSGI loaded request plugins ***\\n0: python\\n--- end of plugins list ---\\n'
   exit 1
 fi
@@ -551,8 +551,11 @@ exit 3
 @pytest.fixture
 def fake_uwsgi(tmp_path: Path) -> Path:
     """An executable that prints a plugins list without gevent (uWSGI's output format)."""
-    path = tmp_path / "uwsgi-without-gevent"
-    path.write_text(FAKE_UWSGI)
+    return write_fake_uwsgi(tmp_path / "uwsgi-without-gevent", ["asyncio", "greenlet"])
+
+
+def write_fake_uwsgi(path: Path, plugins: list[str]) -> Path:
+    path.write_text(FAKE_UWSGI.replace("{plugins}", "\\n".join(plugins)))
     path.chmod(0o755)
     return path
 
@@ -561,13 +564,15 @@ def test_engines_parses_plugins_list(fake_uwsgi: Path) -> None:
     assert engines(str(fake_uwsgi)) == {"asyncio", "greenlet", "corerouter", "http"}
 
 
-def run_script(tmp_path: Path, call: str) -> subprocess.CompletedProcess[str]:
+def run_script(
+    tmp_path: Path, call: str, extension: str = "GeventWebSocket"
+) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "serve.py"
     script.write_text(
         "from flask import Flask\n"
-        "from flask_uwsgi_websocket import GeventWebSocket\n\n"
+        f"from flask_uwsgi_websocket import {extension}\n\n"
         "app = Flask(__name__)\n"
-        "GeventWebSocket(app)\n\n"
+        f"{extension}(app)\n\n"
         f"app.run({call})\n"
     )
     env = child_env(FLASK_RUN_HOST="127.0.0.1", FLASK_RUN_PORT=str(free_port()))
@@ -581,6 +586,14 @@ def test_run_refuses_a_uwsgi_without_the_engine(tmp_path: Path, fake_uwsgi: Path
     assert result.returncode == 1
     assert f"RuntimeError: uWSGI at {fake_uwsgi} has no gevent engine" in result.stderr
     assert "UWSGI_PROFILE=asyncio UWSGI_EMBED_PLUGINS=gevent" in result.stderr
+    assert "fake uWSGI was executed" not in result.stderr
+
+
+def test_run_refuses_a_uwsgi_without_asyncio_and_greenlet(tmp_path: Path) -> None:
+    fake = write_fake_uwsgi(tmp_path / "uwsgi-gevent-only", ["gevent"])
+    result = run_script(tmp_path, f"uwsgi_binary={str(fake)!r}", "AsyncioWebSocket")
+    assert result.returncode == 1
+    assert f"RuntimeError: uWSGI at {fake} has no asyncio or greenlet engine" in result.stderr
     assert "fake uWSGI was executed" not in result.stderr
 
 
