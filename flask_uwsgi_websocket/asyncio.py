@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import greenlet
 
-from .connection import Connection, Message, Reactor, Timer, logger
+from .connection import Connection, Message, Reactor, Timer, logger, sharedarea_read
 from .exceptions import ConnectionClosed, WebSocketError
 from .extension import WebSocket
 from .middleware import WebSocketMiddleware
@@ -126,11 +126,6 @@ class AsyncioWebSocketClient(Connection):
 
     # Public API.
 
-    @property
-    def timeout(self) -> float | None:
-        """The default timeout of :meth:`receive` (0.6.1 name)."""
-        return self.options.receive_timeout
-
     async def receive(self, timeout: float | None = _DEFAULT) -> Message | None:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
@@ -143,13 +138,9 @@ class AsyncioWebSocketClient(Connection):
             timeout = self.options.receive_timeout
         deadline = None
         while True:
-            if self._messages:
-                message = self._messages.popleft()
-                if not self._reading:
-                    self._update_reading()
+            message = self._pop_message()
+            if message is not None:
                 return message
-            if self.closed:
-                raise self._closed_error()
             if timeout is None:
                 await self._wait_async(None)
                 continue
@@ -161,18 +152,6 @@ class AsyncioWebSocketClient(Connection):
             await self._wait_async(deadline - now)
 
     recv = a_recv = receive
-
-    def recv_nb(self) -> Message | None:
-        """A message already received, or ``None``; never waits."""
-        if not self._messages and self._reading:
-            self.on_readable()
-        if self._messages:
-            message = self._messages.popleft()
-            self._update_reading()
-            return message
-        if self.closed:
-            raise self._closed_error()
-        return None
 
     def send_nb(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
         """Send ``message`` without waiting for the peer to read.
@@ -208,11 +187,11 @@ class AsyncioWebSocketClient(Connection):
 
     async def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        await self.send(_sharedarea_read(id, pos).decode())
+        await self.send(sharedarea_read(id, pos).decode())
 
     async def send_binary_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        await self.send(_sharedarea_read(id, pos))
+        await self.send(sharedarea_read(id, pos))
 
     async def ping(self, data: bytes | str = b"") -> None:
         """Send a ping; the peer's pong is taken care of."""
@@ -236,9 +215,6 @@ class AsyncioWebSocketClient(Connection):
                 return
             assert message is not None
             yield message
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
 
     # Serving: called by the middleware, in the request's greenlet.
 
@@ -266,11 +242,7 @@ class AsyncioWebSocketClient(Connection):
             logger.debug("WebSocket %s: handler cancelled", self.id)
             code = 1001
         except Exception:
-            app.logger.exception(
-                "WebSocket handler %s for %s failed",
-                getattr(handler, "__name__", handler),
-                self.environ.get("PATH_INFO"),
-            )
+            self._log_failure(app, handler)
             code = 1011
         self._task = None
         await self.close(code, "")
@@ -279,13 +251,6 @@ class AsyncioWebSocketClient(Connection):
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _sharedarea_read(id: int, pos: int) -> bytes:
-    import uwsgi
-
-    data: bytes = uwsgi.sharedarea_read(id, pos)
-    return data
 
 
 _loop_prepared_in: int | None = None

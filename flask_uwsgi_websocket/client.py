@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Opcode
 
-from .connection import Connection, Message, Reactor, Timer, logger
+from .connection import Connection, Message, Reactor, Timer, logger, sharedarea_read
 from .exceptions import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -57,11 +57,6 @@ class WebSocketClient(Connection):
 
     # Public API.
 
-    @property
-    def timeout(self) -> float | None:
-        """The default timeout of :meth:`receive` (0.6.1 name)."""
-        return self.options.receive_timeout
-
     def receive(self, timeout: float | None = _DEFAULT) -> Message | None:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
@@ -75,14 +70,9 @@ class WebSocketClient(Connection):
         with self._lock:
             deadline = None
             while True:
-                messages = self._messages
-                if messages:
-                    message = messages.popleft()
-                    if not self._reading:
-                        self._update_reading()
+                message = self._pop_message()
+                if message is not None:
                     return message
-                if self.closed:
-                    raise self._closed_error()
                 if timeout is None:
                     self._wait(None)
                     continue
@@ -94,19 +84,6 @@ class WebSocketClient(Connection):
                 self._wait(deadline - now)
 
     recv = receive
-
-    def recv_nb(self) -> Message | None:
-        """A message already received, or ``None``; never waits."""
-        with self._lock:
-            if not self._messages and self._reading:
-                self.on_readable()
-            if self._messages:
-                message = self._messages.popleft()
-                self._update_reading()
-                return message
-            if self.closed:
-                raise self._closed_error()
-            return None
 
     def send(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
@@ -134,11 +111,11 @@ class WebSocketClient(Connection):
 
     def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        self.send(_sharedarea_read(id, pos).decode())
+        self.send(sharedarea_read(id, pos).decode())
 
     def send_binary_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        self.send_binary(_sharedarea_read(id, pos))
+        self.send_binary(sharedarea_read(id, pos))
 
     def ping(self, data: bytes | str = b"") -> None:
         """Send a ping; the peer's pong is taken care of."""
@@ -163,9 +140,6 @@ class WebSocketClient(Connection):
             assert message is not None
             yield message
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
-
     # Serving: called by the middleware once the handshake is done.
 
     def _serve(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
@@ -179,11 +153,7 @@ class WebSocketClient(Connection):
             except ConnectionClosed as exc:
                 logger.debug("WebSocket %s: handler ended on %s", self.id, exc)
             except Exception:
-                app.logger.exception(
-                    "WebSocket handler %s for %s failed",
-                    getattr(handler, "__name__", handler),
-                    self.environ.get("PATH_INFO"),
-                )
+                self._log_failure(app, handler)
                 code = 1011
             finally:
                 self._leave_handler()
@@ -197,13 +167,6 @@ class WebSocketClient(Connection):
 
     def _leave_handler(self) -> None:
         """The handler has ended."""
-
-
-def _sharedarea_read(id: int, pos: int) -> bytes:
-    import uwsgi
-
-    data: bytes = uwsgi.sharedarea_read(id, pos)
-    return data
 
 
 class IOThread:

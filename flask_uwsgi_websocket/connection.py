@@ -33,7 +33,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from websockets.frames import Frame, Opcode
@@ -41,6 +41,9 @@ from websockets.protocol import CLOSED, OPEN, SERVER, Protocol  # 16+: Protocol.
 
 from .exceptions import ConnectionClosed
 from .options import Options
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 try:
     from websockets.speedups import apply_mask
@@ -90,6 +93,14 @@ class Reactor(TypingProtocol):
 
     def close(self) -> None:
         """Stop every watcher and timer; the socket is closed by uWSGI after."""
+
+
+def sharedarea_read(id: int, pos: int) -> bytes:
+    """uWSGI shared area ``id`` from byte ``pos`` to its end."""
+    import uwsgi
+
+    data: bytes = uwsgi.sharedarea_read(id, pos)
+    return data
 
 
 def frame_header(opcode: int, length: int) -> bytes:
@@ -193,8 +204,42 @@ class Connection:
             return received.reason
         return "" if self.protocol.state is CLOSED else None
 
+    @property
+    def timeout(self) -> float | None:
+        """The default timeout of ``receive`` (0.6.1 name)."""
+        return self.options.receive_timeout
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
+
     def _closed_error(self) -> ConnectionClosed:
         return ConnectionClosed(self.close_code or 1006, self.close_reason or "")
+
+    def _pop_message(self) -> Message | None:
+        """The next queued message; ``None``: wait for one. Raises once closed and drained."""
+        if self._messages:
+            message = self._messages.popleft()
+            if not self._reading:
+                self._update_reading()
+            return message
+        if self.closed:
+            raise self._closed_error()
+        return None
+
+    def recv_nb(self) -> Message | None:
+        """A message already received, or ``None``; never waits."""
+        with self._lock:
+            if not self._messages and self._reading:
+                self.on_readable()
+            return self._pop_message()
+
+    def _log_failure(self, app: Flask, handler: Callable[..., Any]) -> None:
+        """Log the exception a handler raised, with its route, to ``app.logger``."""
+        app.logger.exception(
+            "WebSocket handler %s for %s failed",
+            getattr(handler, "__name__", handler),
+            self.environ.get("PATH_INFO"),
+        )
 
     # Reading: called by the reactor.
 
