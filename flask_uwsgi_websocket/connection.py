@@ -144,9 +144,9 @@ class Connection:
         self._out: deque[bytes | bytearray | memoryview] = deque()
         self._out_size = 0
         self._eof_pending = False  # half-close once the output is flushed
-        self._lingering = False  # half-close once the peer is quiet for LINGER seconds
-        self._linger_until = 0.0
+        # While set, half-close once the peer has been quiet until _linger_until (LINGER).
         self._linger_timer: Timer | None = None
+        self._linger_until = 0.0
         self._eof_received = False
         self._reading = False
         self._writing = False
@@ -253,7 +253,7 @@ class Connection:
             except OSError:
                 data = b""
             try:
-                if self._lingering:
+                if self._linger_timer is not None:
                     self._linger_until = time.monotonic() + LINGER
                 if data:
                     self._receive(data)
@@ -262,12 +262,7 @@ class Connection:
             except Exception:  # a bug here must not take the worker down
                 logger.exception("WebSocket connection %s failed", self.id)
                 self._fail(1011, "internal error")
-            if (
-                len(self._messages) >= self.options.max_queue
-                or self._eof_received
-                or self.protocol.state is not OPEN
-            ):
-                self._update_reading()
+            self._update_reading()
             self._wake()
 
     def _receive(self, data: bytes) -> None:
@@ -454,7 +449,6 @@ class Connection:
                 self._write(data)
             elif self.protocol.close_rcvd is None and not self._eof_received:
                 # Failing: the peer may still be sending (see LINGER).
-                self._lingering = True
                 self._linger_until = time.monotonic() + LINGER
                 self._linger_timer = self.reactor.call_later(LINGER, self._on_linger)
             else:
@@ -468,18 +462,15 @@ class Connection:
 
     def _on_linger(self) -> None:
         with self._lock:
-            self._linger_timer = None
-            if not self._lingering:
-                return
             remaining = self._linger_until - time.monotonic()
             if remaining > 0:
                 self._linger_timer = self.reactor.call_later(remaining, self._on_linger)
                 return
-            self._lingering = False
+            self._linger_timer = None
             self._half_close()
 
     def _shutdown(self) -> None:
-        self._eof_pending = self._lingering = False
+        self._eof_pending = False
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
 

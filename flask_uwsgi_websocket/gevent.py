@@ -95,21 +95,18 @@ class GeventWebSocketClient(WebSocketClient):
         self._waiters.append(waiter)
         mine = greenlet.getcurrent() is self._handler
         self._handler_waiting += mine
-        if timeout is None:
-            try:
-                waiter.get()
-            finally:
-                self._handler_waiting -= mine
-            return
-        timer = self._hub.loop.timer(max(timeout, 0.0))
-        timer.start(waiter.switch, None)
+        timer = None
+        if timeout is not None:
+            timer = self._hub.loop.timer(max(timeout, 0.0))
+            timer.start(waiter.switch, None)
         try:
             waiter.get()
         finally:
             self._handler_waiting -= mine
-            timer.close()
-            if waiter in self._waiters:  # woken by the timer
-                self._waiters.remove(waiter)
+            if timer is not None:
+                timer.close()
+                if waiter in self._waiters:  # woken by the timer
+                    self._waiters.remove(waiter)
 
     def _wake(self) -> None:
         waiters = self._waiters

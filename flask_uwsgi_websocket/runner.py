@@ -214,7 +214,8 @@ def run_uwsgi(
     """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
     argv, env = build_command(app, defaults, **kwargs)
     if plugins and not {"plugin", "plugins"} & set(kwargs):
-        missing = [name for name in plugins if name not in engines(argv[0])]
+        built_in = engines(argv[0])
+        missing = [name for name in plugins if name not in built_in]
         if missing:
             raise RuntimeError(
                 f"uWSGI at {argv[0]} has no {' or '.join(missing)} engine: {INSTALL_HINT}"
