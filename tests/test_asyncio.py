@@ -36,17 +36,6 @@ def test_handler_awaiting_elsewhere_is_cancelled_when_the_peer_goes(
     assert time.monotonic() - started < 5  # not the 30 s sleep
 
 
-def test_fifty_connections_on_one_worker(asyncio_server: AppServer) -> None:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(connect(f"{asyncio_server.url}/echo")) for _ in range(50)]
-        for round_ in range(3):
-            for i, ws in enumerate(sockets):
-                ws.send(f"{round_}:{i}")
-            assert [ws.recv(timeout=10) for ws in sockets] == [
-                f"{round_}:{i}" for i in range(50)
-            ]
-
-
 def test_broadcast_from_one_task_to_many_connections(asyncio_server: AppServer) -> None:
     with contextlib.ExitStack() as stack:
         subscribers = [

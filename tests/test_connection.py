@@ -340,3 +340,16 @@ def test_close_frame_reaches_a_peer_that_is_still_sending(server: AppServer) -> 
                 ws.recv(timeout=10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         assert info.value.__cause__ is None  # closed cleanly, not reset
+
+
+@pytest.mark.parametrize("fixture", ["gevent_server", "asyncio_server"])
+def test_fifty_connections_on_one_worker(request: pytest.FixtureRequest, fixture: str) -> None:
+    server: AppServer = request.getfixturevalue(fixture)
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(connect(f"{server.url}/echo")) for _ in range(50)]
+        for round_ in range(3):
+            for i, ws in enumerate(sockets):
+                ws.send(f"{round_}:{i}")
+            assert [ws.recv(timeout=10) for ws in sockets] == [
+                f"{round_}:{i}" for i in range(50)
+            ]

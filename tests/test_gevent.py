@@ -49,14 +49,3 @@ def test_no_spurious_messages_while_idle(gevent_server: AppServer) -> None:
         except TimeoutError:
             extra = None
         assert extra is None
-
-
-def test_fifty_connections_on_one_worker(gevent_server: AppServer) -> None:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(connect(f"{gevent_server.url}/echo")) for _ in range(50)]
-        for round_ in range(3):
-            for i, ws in enumerate(sockets):
-                ws.send(f"{round_}:{i}")
-            assert [ws.recv(timeout=10) for ws in sockets] == [
-                f"{round_}:{i}" for i in range(50)
-            ]
