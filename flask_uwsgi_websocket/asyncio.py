@@ -31,6 +31,9 @@ from .middleware import WebSocketMiddleware
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .handshake import Handshake
+    from .options import Options
+
 __all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
 
 _DEFAULT: Any = object()
@@ -75,14 +78,14 @@ class AsyncioWebSocketClient(Connection):
     the connection closes. ``a_recv`` and ``a_send`` are the 0.6.1 names.
     """
 
-    def __init__(self, fd: int, environ: dict[str, Any], options: Any) -> None:
+    def __init__(
+        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+    ) -> None:
         self._loop = asyncio.get_event_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._task_waiting = 0
-        super().__init__(fd, environ, options)
-        #: The subprotocol agreed in the handshake, or ``None``.
-        self.subprotocol: str | None = None
+        super().__init__(fd, environ, options, handshake)
 
     # The asyncio flavour's waiting.
 

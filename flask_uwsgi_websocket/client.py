@@ -24,6 +24,9 @@ from .exceptions import ConnectionClosed
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .handshake import Handshake
+    from .options import Options
+
 __all__ = ["WebSocketClient"]
 
 _DEFAULT: Any = object()
@@ -37,12 +40,12 @@ class WebSocketClient(Connection):
     ``send`` and ``close`` may be called from any thread.
     """
 
-    def __init__(self, fd: int, environ: dict[str, Any], options: Any) -> None:
+    def __init__(
+        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+    ) -> None:
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
-        super().__init__(fd, environ, options)
-        #: The subprotocol agreed in the handshake, or ``None``.
-        self.subprotocol: str | None = None
+        super().__init__(fd, environ, options, handshake)
 
     # The plain flavour's waiting.
 

@@ -11,14 +11,15 @@ and :meth:`_wake`) and in whether a lock is needed (threads).
 
 Framing is done by the ``websockets`` sans-I/O :class:`~websockets.protocol.Protocol`
 with one exception, measured to matter (see ``bench/``): a complete, final,
-masked, unextended text or binary frame that arrives outside a fragmented
+masked, uncompressed text or binary frame that arrives outside a fragmented
 message is unmasked here, with ``websockets``' own ``apply_mask``, instead of
 through the protocol's generator-based parser, which costs about 10 µs per
 frame. Every other frame -- control frames, fragments, reserved bits, bad
 opcodes or masking, oversized lengths -- is fed to the protocol whole, so
 the protocol always sits at a frame boundary and applies every check of the
-RFC. Outgoing unextended data frames are likewise serialized here (a 2 to 10
-byte header); control frames go through the protocol.
+RFC. Outgoing data frames are likewise serialized here (a 2 to 10 byte
+header) when no compression was agreed; compressed frames and control frames
+go through the protocol, with its permessage-deflate extension.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from .options import Options
 
 if TYPE_CHECKING:
     from flask import Flask
+
+    from .handshake import Handshake
 
 try:
     from websockets.speedups import apply_mask
@@ -122,7 +125,13 @@ class Connection:
     #: A lock around the state, for flavours where callbacks run on another thread.
     _lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
-    def __init__(self, fd: int, environ: dict[str, Any], options: Options) -> None:
+    def __init__(
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+    ) -> None:
         #: The socket's file descriptor.
         self.fd = fd
         #: The WSGI environ of the upgrade request.
@@ -130,7 +139,11 @@ class Connection:
         #: A random identifier of the connection (hex).
         self.id = uuid.uuid4().hex
         self.options = options
+        #: The subprotocol agreed in the handshake, or ``None``.
+        self.subprotocol = handshake.subprotocol if handshake is not None else None
         self.protocol = Protocol(SERVER, max_size=options.max_message_size, logger=protocol_logger)
+        if handshake is not None:
+            self.protocol.extensions = list(handshake.extensions)
         self._max_size = options.max_message_size
         # A duplicate of the descriptor as a socket object, for shutdown() and options.
         self._sock = socket.socket(fileno=os.dup(fd))
@@ -309,12 +322,9 @@ class Connection:
             stop = start + length
             if stop > end:
                 break
-            if (
-                (b0 == 0x81 or b0 == 0x82)
-                and b1 & 0x80
-                and protocol.current_size is None
-                and not protocol.extensions
-            ):
+            # RSV bits clear: not compressed, so permessage-deflate, the one extension
+            # ever agreed, would pass it through unchanged.
+            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and protocol.current_size is None:
                 payload = apply_mask(view[start:stop], view[start - 4 : start])
                 if b0 == 0x81:
                     try:

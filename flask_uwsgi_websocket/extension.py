@@ -45,8 +45,9 @@ class WebSocket:
         self.options = Options().replace(**options)
         #: The WebSocket routes, separate from the app's, so one URL can be both.
         self.url_map = Map()
-        #: endpoint -> (handler, per-route options)
-        self.view_functions: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+        #: endpoint -> handler; each rule of ``url_map`` carries its own connection
+        #: options as ``rule.websocket_options``.
+        self.view_functions: dict[str, Callable[..., Any]] = {}
         self.app = app
         if app is not None:
             self.init_app(app)
@@ -94,12 +95,12 @@ class WebSocket:
         self.check_handler(view_func)
         endpoint = endpoint or view_func.__name__
         existing = self.view_functions.get(endpoint)
-        if existing is not None and existing[0] is not view_func:
+        if existing is not None and existing is not view_func:
             raise AssertionError(
                 f"WebSocket endpoint {endpoint!r} is already taken by another handler"
             )
         connection_options = {k: options.pop(k) for k in list(options) if k in _OPTION_NAMES}
-        Options.check(connection_options)
+        connection_options = Options.check(connection_options)
         options.pop("methods", None)  # the handshake is a GET; others get 400
         try:
             url_rule = Rule(rule, endpoint=endpoint, websocket=True, **options)
@@ -109,8 +110,9 @@ class WebSocket:
                 f"unknown WebSocket option(s) or Rule argument(s): {', '.join(sorted(options))};"
                 f" WebSocket options: {known}"
             ) from None
+        url_rule.websocket_options = connection_options  # type: ignore[attr-defined]
         self.url_map.add(url_rule)
-        self.view_functions[endpoint] = (view_func, Options.check(connection_options))
+        self.view_functions[endpoint] = view_func
 
     def check_engine(self) -> None:
         """Raise ``RuntimeError`` when uWSGI runs a loop engine this flavour cannot use."""

@@ -12,7 +12,7 @@ raised in the handler's greenlet, which ends it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import greenlet
 from gevent import get_hub
@@ -23,6 +23,10 @@ from .connection import Reactor, Timer
 from .exceptions import ConnectionClosed
 from .extension import WebSocket
 from .middleware import WebSocketMiddleware
+
+if TYPE_CHECKING:
+    from .handshake import Handshake
+    from .options import Options
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -78,12 +82,14 @@ class GeventReactor:
 class GeventWebSocketClient(WebSocketClient):
     """A WebSocket connection in the gevent flavour; the same API as :class:`WebSocketClient`."""
 
-    def __init__(self, fd: int, environ: dict[str, Any], options: Any) -> None:
+    def __init__(
+        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+    ) -> None:
         self._hub = get_hub()
         self._waiters: list[Waiter[Any]] = []
         self._handler: Any = None
         self._handler_waiting = 0  # the handler is blocked in this connection's methods
-        super().__init__(fd, environ, options)
+        super().__init__(fd, environ, options, handshake)
         # Greenlets switch only where they wait: no lock is needed.
         self._lock = self._condition = _NO_LOCK
 

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["HandshakeError", "accept_key", "is_upgrade_attempt", "validate"]
+from websockets.exceptions import InvalidHandshake
+from websockets.extensions.base import Extension
+from websockets.headers import parse_subprotocol
+
+from . import compression
+
+if TYPE_CHECKING:
+    from .options import Options
+
+__all__ = [
+    "Handshake",
+    "HandshakeError",
+    "accept_key",
+    "is_upgrade_attempt",
+    "negotiate",
+    "select_subprotocol",
+    "validate",
+]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 Headers = list[tuple[str, str]]
@@ -79,10 +97,72 @@ def validate(environ: Mapping[str, Any]) -> str:
     return key
 
 
-def response_headers(key: str) -> Headers:
-    """The headers of the ``101 Switching Protocols`` answer to ``key``."""
-    return [
+def select_subprotocol(
+    header: str | None, subprotocols: Sequence[str] | Callable[[list[str]], str | None] | None
+) -> str | None:
+    """The subprotocol agreed for a ``Sec-WebSocket-Protocol`` request header, or ``None``.
+
+    ``subprotocols`` is the server's list, most preferred first (the first one the
+    client offers wins), or a callable that picks from the client's list. A
+    malformed header raises ``InvalidHandshake``; a callable's answer that the
+    client did not offer raises ``ValueError``.
+    """
+    if not header or subprotocols is None:
+        return None
+    offered = [str(name) for name in parse_subprotocol(header)]
+    if callable(subprotocols):
+        chosen = subprotocols(offered)
+        if chosen is not None and chosen not in offered:
+            raise ValueError(
+                f"the subprotocol selector returned {chosen!r}, which the client did not"
+                f" offer (it offered {offered!r}); return one of them or None"
+            )
+        return chosen
+    return next((name for name in subprotocols if name in offered), None)
+
+
+@dataclasses.dataclass
+class Handshake:
+    """What the server agreed in an opening handshake."""
+
+    #: The ``Sec-WebSocket-Key`` of the request.
+    key: str
+    #: The subprotocol agreed, or ``None``.
+    subprotocol: str | None
+    #: The extensions agreed (permessage-deflate or none), to apply to frames.
+    extensions: list[Extension]
+    #: The headers of the ``101 Switching Protocols`` response.
+    headers: Headers
+
+
+def negotiate(environ: Mapping[str, Any], options: Options) -> Handshake:
+    """Validate an upgrade request and agree its subprotocol and extensions.
+
+    Raises ``HandshakeError`` with 400 or 426 for a bad request (see :func:`validate`
+    and malformed ``Sec-WebSocket-Protocol`` or ``Sec-WebSocket-Extensions`` headers).
+    """
+    key = validate(environ)
+    try:
+        subprotocol = select_subprotocol(
+            environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL"), options.subprotocols
+        )
+    except InvalidHandshake as exc:
+        raise HandshakeError("400 Bad Request", f"invalid Sec-WebSocket-Protocol: {exc}") from None
+    try:
+        extensions_header, extensions = compression.negotiate(
+            environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"), options.deflate
+        )
+    except InvalidHandshake as exc:
+        raise HandshakeError(
+            "400 Bad Request", f"invalid Sec-WebSocket-Extensions: {exc}"
+        ) from None
+    headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept_key(key)),
     ]
+    if subprotocol is not None:
+        headers.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extensions_header is not None:
+        headers.append(("Sec-WebSocket-Extensions", extensions_header))
+    return Handshake(key, subprotocol, extensions, headers)

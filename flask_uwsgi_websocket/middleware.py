@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from .client import WebSocketClient
 from .connection import logger
-from .handshake import HandshakeError, is_upgrade_attempt, response_headers, validate
+from .handshake import Handshake, HandshakeError, is_upgrade_attempt, negotiate
 from .options import Options
 
 if TYPE_CHECKING:
@@ -49,14 +49,22 @@ class WebSocketMiddleware:
         urls = self.websocket.url_map.bind_to_environ(environ)
         urls.websocket = True  # match WebSocket rules even when Upgrade is missing: 400 below
         try:
-            endpoint, kwargs = urls.match()
+            rule, kwargs = urls.match(return_rule=True)
         except HTTPException:
             return self.wsgi_app(environ, start_response)
-        handler, route_options = self.websocket.view_functions[endpoint]
+        handler = self.websocket.view_functions[rule.endpoint]
+        route_options: dict[str, Any] = getattr(rule, "websocket_options", {})
+        options = self.options.replace(**route_options) if route_options else self.options
         try:
-            key = validate(environ)
+            handshake = negotiate(environ, options)
         except HandshakeError as exc:
             return self._refuse(start_response, exc)
+        except Exception:  # the app's subprotocol selector failed
+            logger.exception("WebSocket handshake for %s failed", environ.get("PATH_INFO"))
+            return self._refuse(
+                start_response,
+                HandshakeError("500 Internal Server Error", "the WebSocket handshake failed"),
+            )
         try:
             import uwsgi
         except ImportError:
@@ -65,10 +73,8 @@ class WebSocketMiddleware:
                 start_response,
                 HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI"),
             )
-        options = self.options.replace(**route_options) if route_options else self.options
-        kwargs = dict(kwargs)
-        start_response("101 Switching Protocols", response_headers(key))
-        return self._serve(uwsgi, environ, handler, kwargs, options)
+        start_response("101 Switching Protocols", handshake.headers)
+        return self._serve(uwsgi, environ, handler, dict(kwargs), options, handshake)
 
     def _serve(
         self,
@@ -77,9 +83,10 @@ class WebSocketMiddleware:
         handler: Any,
         kwargs: dict[str, Any],
         options: Options,
+        handshake: Handshake,
     ) -> Iterator[bytes]:
         yield b""  # uWSGI sends the 101 with the first item of the body
-        client = self.client_class(uwsgi.connection_fd(), environ, options)
+        client = self.client_class(uwsgi.connection_fd(), environ, options, handshake)
         with self.app.request_context(environ):
             client._serve(handler, kwargs, self.app)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from .compression import deflate_settings
 
 __all__ = ["Options"]
 
@@ -37,6 +39,15 @@ class Options:
     write_limit: int = 2**20
     #: Seconds to wait for the peer to finish the closing handshake.
     close_timeout: float = 10.0
+    #: permessage-deflate (RFC 7692), used when the client offers it: ``"deflate"``
+    #: (the settings of :data:`~flask_uwsgi_websocket.compression.DEFAULTS`), a dict
+    #: overriding some of them (``{"server_max_window_bits": 15}``), or ``None``: off.
+    compression: str | Mapping[str, Any] | None = "deflate"
+    #: Subprotocols the server speaks, most preferred first: the first one the client
+    #: offers is agreed (``ws.subprotocol``); none offered, none agreed, and the
+    #: handshake goes on without one. Or a callable that gets the client's list and
+    #: returns one of its items or ``None``.
+    subprotocols: Sequence[str] | Callable[[list[str]], str | None] | None = None
 
     def replace(self, **changes: Any) -> Options:
         """A copy with ``changes`` applied; unknown names raise ``TypeError``."""
@@ -56,7 +67,23 @@ class Options:
         if unknown:
             known = ", ".join(sorted(names))
             raise TypeError(f"unknown WebSocket option(s): {', '.join(unknown)}; known: {known}")
+        if "compression" in options:
+            deflate_settings(options["compression"])  # raises ValueError when invalid
+        subprotocols = options.get("subprotocols")
+        if subprotocols is not None and not callable(subprotocols):
+            if isinstance(subprotocols, (str, bytes)) or not all(
+                isinstance(name, str) for name in subprotocols
+            ):
+                raise ValueError(
+                    f"subprotocols is a list of names or a callable, not {subprotocols!r}"
+                )
+            options["subprotocols"] = tuple(subprotocols)
         return options
+
+    @property
+    def deflate(self) -> dict[str, Any] | None:
+        """The full permessage-deflate settings, or ``None`` when compression is off."""
+        return deflate_settings(self.compression)
 
     def from_config(self, config: Mapping[str, Any]) -> Options:
         """A copy with the ``WEBSOCKET_<NAME>`` keys of ``config`` applied."""

@@ -17,7 +17,7 @@ from flask import request
 
 from flask_uwsgi_websocket import ConnectionClosed, WebSocket, WebSocketClient
 
-from .app_common import app, record
+from .app_common import TUNED_DEFLATE, app, pick_last, pick_unoffered, record
 
 FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
 
@@ -114,9 +114,18 @@ def raises(ws: WebSocketClient) -> None:
 
 
 @websocket.route("/small", max_message_size=1024)
+@websocket.route("/uncompressed", compression=None)
+@websocket.route("/deflate-tuned", compression=TUNED_DEFLATE)
 def small(ws: WebSocketClient) -> None:
     for message in ws:
         ws.send(message)
+
+
+@websocket.route("/subprotocol", subprotocols=["chat.v2", "chat.v1"])
+@websocket.route("/subprotocol-pick", subprotocols=pick_last)
+@websocket.route("/subprotocol-bad", subprotocols=pick_unoffered)
+def subprotocol(ws: WebSocketClient) -> None:
+    ws.send(json.dumps(ws.subprotocol))
 
 
 @websocket.route("/keepalive-busy", ping_interval=0.3, ping_timeout=0.6)

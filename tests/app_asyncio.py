@@ -14,7 +14,7 @@ from flask import request
 
 from flask_uwsgi_websocket import AsyncioWebSocket, AsyncioWebSocketClient, ConnectionClosed
 
-from .app_common import app, record
+from .app_common import TUNED_DEFLATE, app, pick_last, pick_unoffered, record
 
 websocket = AsyncioWebSocket(app)
 clients: dict[str, AsyncioWebSocketClient] = {}
@@ -97,9 +97,18 @@ async def raises(ws: AsyncioWebSocketClient) -> None:
 
 
 @websocket.route("/small", max_message_size=1024)
+@websocket.route("/uncompressed", compression=None)
+@websocket.route("/deflate-tuned", compression=TUNED_DEFLATE)
 async def small(ws: AsyncioWebSocketClient) -> None:
     async for message in ws:
         await ws.send(message)
+
+
+@websocket.route("/subprotocol", subprotocols=["chat.v2", "chat.v1"])
+@websocket.route("/subprotocol-pick", subprotocols=pick_last)
+@websocket.route("/subprotocol-bad", subprotocols=pick_unoffered)
+async def subprotocol(ws: AsyncioWebSocketClient) -> None:
+    await ws.send(json.dumps(ws.subprotocol))
 
 
 @websocket.route("/keepalive-busy", ping_interval=0.3, ping_timeout=0.6)

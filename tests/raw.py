@@ -82,8 +82,9 @@ class RawClient:
         return out
 
     def recv_frame(self) -> tuple[int, bytes, bool]:
-        """The next server frame: (opcode, payload, fin)."""
+        """The next server frame: (opcode, payload, fin); its RSV bits go to ``self.rsv``."""
         b0, b1 = self._read(2)
+        self.rsv = (b0 >> 4) & 0x7
         assert not b1 & 0x80, "server frames are not masked"
         length = b1 & 0x7F
         if length == 126:

@@ -15,9 +15,10 @@ from flask_uwsgi_websocket.handshake import (
     HandshakeError,
     accept_key,
     is_upgrade_attempt,
-    response_headers,
+    negotiate,
     validate,
 )
+from flask_uwsgi_websocket.options import Options
 
 from .conftest import AppServer
 from .raw import CLOSE, TEXT, RawClient, close_payload, frame
@@ -52,7 +53,7 @@ def refusal(**changes: str | None) -> HandshakeError:
     return info.value
 
 
-# -- accept_key, response_headers -------------------------------------------------------------
+# -- accept_key, negotiate -----------------------------------------------------------------
 
 
 def test_accept_key_rfc_example() -> None:
@@ -66,7 +67,7 @@ def test_accept_key_agrees_with_websockets(seed: int) -> None:
 
 
 def test_response_headers() -> None:
-    assert response_headers(RFC_KEY) == [
+    assert negotiate(upgrade_environ(), Options()).headers == [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", RFC_ACCEPT),

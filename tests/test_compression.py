@@ -1,0 +1,242 @@
+"""permessage-deflate (RFC 7692): the negotiation as pure functions, then real uWSGI."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+from websockets.exceptions import InvalidHandshake
+from websockets.sync.client import connect
+
+from flask_uwsgi_websocket.compression import DEFAULTS, deflate_settings, negotiate
+from flask_uwsgi_websocket.handshake import HandshakeError
+from flask_uwsgi_websocket.handshake import negotiate as negotiate_handshake
+from flask_uwsgi_websocket.options import Options
+
+from .app_common import TUNED_DEFLATE
+from .conftest import AppServer
+from .raw import BINARY, TEXT, RawClient, frame
+from .test_handshake import upgrade_environ
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_deflate_means_the_defaults_and_none_means_off() -> None:
+    assert deflate_settings("deflate") == dict(DEFAULTS)
+    assert deflate_settings(None) is None
+    assert deflate_settings({"server_max_window_bits": 15}) == {
+        **DEFAULTS,
+        "server_max_window_bits": 15,
+    }
+    assert Options().compression == "deflate" and Options().deflate == dict(DEFAULTS)
+    assert Options(compression=None).deflate is None
+
+
+@pytest.mark.parametrize(
+    ("compression", "message"),
+    [
+        ("gzip", "compression is 'deflate'"),
+        ({"window_bits": 10}, "unknown compression setting"),
+        ({"server_max_window_bits": 8}, "server_max_window_bits must be an int from 9 to 15"),
+        ({"client_max_window_bits": 16}, "client_max_window_bits must be an int from 8 to 15"),
+        ({"mem_level": 0}, "mem_level"),
+        ({"level": "best"}, "level"),
+        ({"server_no_context_takeover": 1}, "True or False"),
+    ],
+)
+def test_invalid_settings_are_refused_when_given(compression: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Options().replace(compression=compression)
+
+
+# -- negotiation -------------------------------------------------------------------------------
+
+
+def response(offer: str | None, **settings: object) -> str | None:
+    header, extensions = negotiate(offer, {**DEFAULTS, **settings})
+    assert len(extensions) == (header is not None)
+    return header
+
+
+def test_no_offer_no_extension() -> None:
+    assert negotiate(None, dict(DEFAULTS)) == (None, [])
+    assert negotiate("x-webkit-deflate-frame", dict(DEFAULTS)) == (None, [])
+    assert negotiate("permessage-deflate", None) == (None, [])
+
+
+def test_default_offer_gets_the_default_server_window() -> None:
+    header, [extension] = negotiate("permessage-deflate", dict(DEFAULTS))
+    assert header == "permessage-deflate; server_max_window_bits=12"
+    assert extension.local_max_window_bits == 12  # type: ignore[attr-defined]
+    # The client did not say it can use a smaller window: it keeps 2**15.
+    assert extension.remote_max_window_bits == 15  # type: ignore[attr-defined]
+
+
+def test_client_max_window_bits_is_limited_when_offered() -> None:
+    header, [extension] = negotiate("permessage-deflate; client_max_window_bits", dict(DEFAULTS))
+    assert header == "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+    assert extension.remote_max_window_bits == 12  # type: ignore[attr-defined]
+    assert response("permessage-deflate; client_max_window_bits=10") == (
+        "permessage-deflate; server_max_window_bits=12; client_max_window_bits=10"
+    )
+
+
+def test_client_requests_are_honoured() -> None:
+    assert response("permessage-deflate; server_no_context_takeover") == (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+    )
+    assert response("permessage-deflate; client_no_context_takeover") == (
+        "permessage-deflate; client_no_context_takeover; server_max_window_bits=12"
+    )
+    assert response("permessage-deflate; server_max_window_bits=10") == (
+        "permessage-deflate; server_max_window_bits=10"
+    )
+    # A larger window than the server's setting is lowered to it.
+    assert response("permessage-deflate; server_max_window_bits=15") == (
+        "permessage-deflate; server_max_window_bits=12"
+    )
+
+
+def test_server_settings_are_imposed() -> None:
+    assert response(
+        "permessage-deflate; client_max_window_bits",
+        server_max_window_bits=15,
+        client_max_window_bits=9,
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+    ) == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover;"
+        " server_max_window_bits=15; client_max_window_bits=9"
+    )
+
+
+def test_an_unacceptable_offer_falls_back_to_the_next() -> None:
+    # zlib cannot compress with a 2**8 window: that offer is declined, the next taken.
+    offers = "permessage-deflate; server_max_window_bits=8, permessage-deflate"
+    assert response(offers) == "permessage-deflate; server_max_window_bits=12"
+    assert response("permessage-deflate; server_max_window_bits=8") is None
+    assert response("permessage-deflate; unknown_parameter") is None
+
+
+@pytest.mark.parametrize("header", ["permessage-deflate; =", "permessage-deflate;;", "a b"])
+def test_malformed_header_is_400(header: str) -> None:
+    with pytest.raises(InvalidHandshake):
+        negotiate(header, dict(DEFAULTS))
+    with pytest.raises(HandshakeError) as info:
+        negotiate_handshake(upgrade_environ(HTTP_SEC_WEBSOCKET_EXTENSIONS=header), Options())
+    assert info.value.status == "400 Bad Request"
+    assert "Sec-WebSocket-Extensions" in info.value.reason
+
+
+def test_a_bad_parameter_value_declines_the_offer() -> None:
+    assert response("permessage-deflate; server_max_window_bits=x") is None
+    assert response("permessage-deflate; client_max_window_bits=16") is None
+
+
+# -- real uWSGI --------------------------------------------------------------------------------
+
+#: A text that compresses well, with repeats farther apart than a 2**10 window.
+BLOCK = os.urandom(1500).hex()
+
+
+def test_compression_is_on_by_default(server: AppServer) -> None:
+    with connect(f"{server.url}/echo") as ws:  # the client offers permessage-deflate
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == (
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+        )
+        assert [type(e).__name__ for e in ws.protocol.extensions] == ["PerMessageDeflate"]
+        for message in ("small", BLOCK * 20, b"\x00" * 100_000, "é" * 50_000, b"", ""):
+            ws.send(message)
+            assert ws.recv() == message
+
+
+def test_compression_none_turns_it_off(server: AppServer) -> None:
+    with connect(f"{server.url}/uncompressed") as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert ws.protocol.extensions == []
+        ws.send(BLOCK)
+        assert ws.recv() == BLOCK
+
+
+def test_tuned_settings_are_negotiated_and_used(server: AppServer) -> None:
+    assert TUNED_DEFLATE["server_max_window_bits"] == 10
+    with connect(f"{server.url}/deflate-tuned") as ws:
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == (
+            "permessage-deflate; server_no_context_takeover;"
+            " server_max_window_bits=10; client_max_window_bits=9"
+        )
+        for _ in range(3):
+            ws.send(BLOCK * 20)
+            assert ws.recv() == BLOCK * 20
+
+
+def test_server_frames_respect_the_negotiated_window(server: AppServer) -> None:
+    """Each server message inflates alone, with a 2**10 window: no context, no far match."""
+    client = RawClient(
+        server.address,
+        "/deflate-tuned",
+        {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"},
+    )
+    try:
+        assert "server_max_window_bits=10" in client.headers["sec-websocket-extensions"]
+        message = (BLOCK * 20).encode()
+        for _ in range(2):
+            client.send(frame(TEXT, deflate(message, wbits=9), rsv=4))
+            opcode, payload, fin = client.recv_frame()
+            assert (opcode, fin, client.rsv) == (TEXT, True, 4)
+            assert len(payload) < len(message) * 0.6  # hex digits: Huffman codes, no matches
+            inflater = zlib.decompressobj(wbits=-10)  # raises on a distance over 2**10
+            assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
+    finally:
+        client.close()
+
+
+def test_uncompressed_frames_are_accepted_in_a_compressed_connection(server: AppServer) -> None:
+    client = RawClient(
+        server.address, "/echo", {"Sec-WebSocket-Extensions": "permessage-deflate"}
+    )
+    try:
+        client.send(frame(BINARY, b"plain bytes"))  # RSV1 clear: not compressed
+        client.send(frame(TEXT, deflate(b"deflated text"), rsv=4))
+        replies = [client.recv_frame() for _ in range(2)]
+        inflater = zlib.decompressobj(wbits=-12)
+        data = [inflater.decompress(payload + b"\x00\x00\xff\xff") for _, payload, _ in replies]
+        assert data == [b"plain bytes", b"deflated text"]
+        assert [opcode for opcode, _, _ in replies] == [BINARY, TEXT]
+    finally:
+        client.close()
+
+
+def test_a_deflate_bomb_is_refused_with_1009_without_inflating_it(server: AppServer) -> None:
+    """A 260 KB frame that inflates to 256 MiB, under a 1.5 MB limit: 1009, memory flat."""
+    bomb = deflate_zeros(256 << 20)
+    assert len(bomb) < 1_500_000
+    before = server.http("/memory")
+    client = RawClient(server.address, "/echo", {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    try:
+        client.send(frame(BINARY, bomb, rsv=4))
+        assert client.expect_close() == (1009, "frame exceeds limit of 1500000 bytes")
+    finally:
+        client.close()
+    after = server.http("/memory")
+    assert after["VmHWM"] - before["VmHWM"] < 32 * 1024  # KiB: far below 256 MiB
+    with connect(f"{server.url}/echo") as ws:  # the worker serves on
+        ws.send("still fine")
+        assert ws.recv() == "still fine"
+
+
+def deflate(data: bytes, wbits: int = 15) -> bytes:
+    """``data`` as one compressed message (RFC 7692, section 7.2.1)."""
+    compressor = zlib.compressobj(wbits=-wbits)
+    compressed = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert compressed.endswith(b"\x00\x00\xff\xff")
+    return compressed[:-4]
+
+
+def deflate_zeros(size: int) -> bytes:
+    compressor = zlib.compressobj(9, wbits=-15)
+    chunk = bytes(1 << 20)
+    parts = [compressor.compress(chunk) for _ in range(size >> 20)]
+    parts.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return b"".join(parts)[:-4]
