@@ -18,7 +18,13 @@ setup(
     extras_require={
         "gevent": ["gevent>=23.9", "greenlet>=3"],
         "asyncio": ["greenlet>=3"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "mypy>=1.8", "ruff>=0.4"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "mypy>=1.8",
+            "ruff>=0.4",
+            "websocket-client>=1.6",
+        ],
         "bench": ["picows>=1.6", "uvloop>=0.19"],
     },
     classifiers=[
