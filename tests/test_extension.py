@@ -47,6 +47,21 @@ def test_options_defaults_and_validation() -> None:
         assert WebSocket(timeout=5).options.receive_timeout == 5  # the 0.6.1 argument
 
 
+def test_compression_and_subprotocols_from_config() -> None:
+    websocket = WebSocket(subprotocols=["a"])
+    app = Flask("config")
+    app.config["WEBSOCKET_COMPRESSION"] = None
+    app.config["WEBSOCKET_SUBPROTOCOLS"] = ["b", "c"]
+    websocket.init_app(app)
+    options = app.wsgi_app.options  # type: ignore[attr-defined]
+    assert options.compression is None and options.deflate is None
+    assert options.subprotocols == ("b", "c")
+    app = Flask("bad-config")
+    app.config["WEBSOCKET_COMPRESSION"] = {"server_max_window_bits": 20}
+    with pytest.raises(ValueError, match="server_max_window_bits"):
+        websocket.init_app(app)
+
+
 def test_coroutine_handlers_are_refused_when_registered() -> None:
     websocket = GeventWebSocket()
 
