@@ -10,7 +10,7 @@ from flask import Blueprint
 from .views import WebSocketView, add_websocket_rule, split_options
 
 if TYPE_CHECKING:
-    from flask.sansio.blueprints import BlueprintSetupState
+    from flask.blueprints import BlueprintSetupState
 
 __all__ = ["WebSocketBlueprint"]
 
