@@ -7,11 +7,13 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from werkzeug.routing import WebsocketMismatch
+
 from .blueprints import WebSocketBlueprint
 from .middleware import WebSocketMiddleware
 from .options import Options
 from .runner import INSTALL_HINT, run_uwsgi
-from .views import WebSocketView, add_websocket_rule, split_options
+from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -67,6 +69,9 @@ class WebSocket:
         app.extensions["uwsgi_websocket"] = self
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app, options)  # type: ignore[method-assign]
         self._apps[app] = options
+        # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
+        if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
+            app.register_error_handler(WebsocketMismatch, not_an_upgrade)
         for view in app.view_functions.values():  # blueprints registered before init_app
             if isinstance(view, WebSocketView):
                 self.check_handler(view.handler)

@@ -143,6 +143,18 @@ def refusal(app: Flask, error: HandshakeError) -> Response:
     )
 
 
+def not_an_upgrade(error: Exception) -> Response:
+    """426 for a plain HTTP request to a WebSocket-only URL (Werkzeug's ``WebsocketMismatch``)."""
+    return refusal(
+        current_app,
+        HandshakeError(
+            "426 Upgrade Required",
+            "this URL is a WebSocket endpoint: connect with a WebSocket client",
+            [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        ),
+    )
+
+
 def split_options(
     rule: str, endpoint: str, options: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:

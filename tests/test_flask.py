@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, url_for
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+from werkzeug.routing import WebsocketMismatch
 
 from flask_uwsgi_websocket import GeventWebSocket, WebSocket, WebSocketBlueprint
 
@@ -315,3 +316,25 @@ def test_debug_mode_logs_in_full_and_never_serves_the_debugger(flavour: str) -> 
             assert "debugger" not in body and "console" not in body
         wait_for(lambda: "RuntimeError: an HTTP view failed" in server.output())
         assert "__debugger__" not in server.output()
+
+
+def test_plain_http_to_a_websocket_url(server: AppServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        server.http("/info")
+    assert info.value.code == 426 and info.value.headers["Upgrade"] == "websocket"
+    assert info.value.read().startswith(b"this URL is a WebSocket endpoint")
+    assert server.http("/echo") == "HTTP view at the same URL"  # beside the WebSocket /echo
+
+
+def test_the_apps_own_websocket_mismatch_handler_is_kept() -> None:
+    app = Flask("own")
+
+    @app.errorhandler(WebsocketMismatch)
+    def mine(error: Exception) -> tuple[str, int]:
+        return "mine", 400
+
+    WebSocket(app).route("/ws")(lambda ws: None)
+    assert app.test_client().get("/ws").data == b"mine"
+    other = Flask("other")
+    WebSocket(other).route("/ws")(lambda ws: None)
+    assert other.test_client().get("/ws").status_code == 426
