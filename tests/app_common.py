@@ -263,6 +263,10 @@ def blueprints(room: Callable[..., Any]) -> tuple[Blueprint, WebSocketBlueprint]
     def page() -> str:
         return "parent page"
 
+    @chat.url_value_preprocessor
+    def chat_values(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        life("chat_url_value_preprocessor", values=values)
+
     @chat.before_request
     def chat_before() -> Any:
         life("chat_before_request", blueprints=list(request.blueprints))

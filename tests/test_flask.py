@@ -7,6 +7,7 @@ and Flask-SQLAlchemy, the Origin policy, blueprints, error handlers, debug mode.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import urllib.error
@@ -21,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from werkzeug.routing import WebsocketMismatch
 
-from flask_uwsgi_websocket import GeventWebSocket, WebSocket, WebSocketBlueprint
+from flask_uwsgi_websocket import GeventWebSocket, Options, WebSocket, WebSocketBlueprint
 
 from .conftest import AppServer
 from .test_connection import wait_for
@@ -227,6 +228,7 @@ def test_blueprint_routes_nested_and_through_the_extension(server: AppServer) ->
     events = life_events(server, tag)
     assert names(events) == [
         "request_started",
+        "chat_url_value_preprocessor",
         "before_request",
         "parent_before_request",
         "chat_before_request",
@@ -235,7 +237,8 @@ def test_blueprint_routes_nested_and_through_the_extension(server: AppServer) ->
         "teardown_request",
         "teardown_appcontext",
     ]
-    assert events[3]["blueprints"] == ["parent.chat", "parent"]
+    assert events[1]["values"] == {"name": "lobby"}
+    assert events[4]["blueprints"] == ["parent.chat", "parent"]
     with connect(f"{server.url}/direct/room/side") as ws:
         seen = json.loads(ws.recv())
         assert (seen["endpoint"], seen["self"]) == (
@@ -277,6 +280,19 @@ def test_blueprint_api_without_a_server() -> None:
     async_bp.route("/a")(coroutine)
     with pytest.raises(TypeError, match="coroutine function"):
         app.register_blueprint(async_bp)
+
+
+def test_every_option_has_its_config_key() -> None:
+    samples = {
+        "ping_interval": 3.0, "ping_timeout": 4.0, "max_message_size": 5, "receive_timeout": 6.0,
+        "max_queue": 7, "write_limit": 8, "close_timeout": 9.0, "compression": None,
+        "subprotocols": ("a.v1",), "allowed_origins": ("https://a.example",),
+    }  # fmt: skip
+    assert set(samples) == Options.names()
+    app = Flask("configured")
+    app.config.update({f"WEBSOCKET_{name.upper()}": value for name, value in samples.items()})
+    websocket = WebSocket(app, ping_interval=1.0)
+    assert dataclasses.asdict(websocket.app_options(app)) == samples
 
 
 def test_routes_added_after_init_app_reach_every_app() -> None:
