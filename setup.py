@@ -24,6 +24,8 @@ setup(
             "mypy>=1.8",
             "ruff>=0.4",
             "websocket-client>=1.6",
+            "Flask-Login>=0.6.3",
+            "Flask-SQLAlchemy>=3.1",
         ],
         "bench": ["picows>=1.6", "uvloop>=0.19"],
     },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .blueprints import WebSocketBlueprint
 from .client import WebSocketClient
 from .exceptions import ConnectionClosed, WebSocketError
 from .extension import WebSocket
@@ -32,6 +33,7 @@ __all__ = [
     "GeventWebSocketMiddleware",
     "Options",
     "WebSocket",
+    "WebSocketBlueprint",
     "WebSocketClient",
     "WebSocketError",
     "WebSocketMiddleware",

@@ -83,7 +83,7 @@ class AsyncioWebSocketClient(Connection):
     ) -> None:
         self._loop = asyncio.get_event_loop()
         self._waiters: list[asyncio.Future[None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
         super().__init__(fd, environ, options, handshake)
 
@@ -221,10 +221,14 @@ class AsyncioWebSocketClient(Connection):
 
     # Serving: called by the middleware, in the request's greenlet.
 
-    def _serve(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
-        """Run ``handler`` as a task on the loop; park this greenlet until it is done."""
+    def _serve(
+        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+    ) -> Exception | None:
+        """Run ``handler`` as a task on the loop; park this greenlet until it is done.
+
+        The task runs in a copy of this greenlet's context: the request context."""
         self.start()
-        task = self._loop.create_task(self._run(handler, kwargs, app))
+        task = self._loop.create_task(self._run(handler, kwargs, websocket, app))
         self._task = task
         request_greenlet = greenlet.getcurrent()
         task.add_done_callback(lambda _: request_greenlet.switch())
@@ -233,9 +237,13 @@ class AsyncioWebSocketClient(Connection):
                 request_greenlet.parent.switch()  # the loop's greenlet
         finally:
             self._release()
+        return None if task.cancelled() else task.result()
 
-    async def _run(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
-        code = 1000
+    async def _run(
+        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+    ) -> Exception | None:
+        code, reason = 1000, ""
+        error: Exception | None = None
         try:
             await handler(self, **kwargs)
         except ConnectionClosed as exc:
@@ -244,11 +252,25 @@ class AsyncioWebSocketClient(Connection):
             # Cancelled by _stop_handler (the connection is gone) or by a shutdown.
             logger.debug("WebSocket %s: handler cancelled", self.id)
             code = 1001
-        except Exception:
-            self._log_failure(app, handler)
-            code = 1011
+        except Exception as exc:
+            code, error = 1011, exc
+            on_error = websocket.error_handler_for(exc)
+            if on_error is not None:
+                try:
+                    result = on_error(self, exc)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    code, reason = self._close_args(result)
+                    error = None
+                except ConnectionClosed:
+                    error = None
+                except Exception as again:
+                    error = again
+            if error is not None:
+                self._report_failure(app, handler, error)
         self._task = None
-        await self.close(code, "")
+        await self.close(code, reason)
+        return error
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

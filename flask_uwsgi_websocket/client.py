@@ -24,6 +24,7 @@ from .exceptions import ConnectionClosed
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .extension import WebSocket
     from .handshake import Handshake
     from .options import Options
 
@@ -145,25 +146,40 @@ class WebSocketClient(Connection):
 
     # Serving: called by the middleware once the handshake is done.
 
-    def _serve(self, handler: Callable[..., Any], kwargs: dict[str, Any], app: Flask) -> None:
-        """Run ``handler``, then close: 1000 when it returns, 1011 when it raises."""
+    def _serve(
+        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+    ) -> Exception | None:
+        """Run ``handler``, then close: 1000 when it returns, 1011 (or the error handler's
+        choice) when it raises. Returns the exception no error handler took."""
         self.start()
+        error: Exception | None = None
         try:
-            code = 1000
+            code, reason = 1000, ""
             try:
                 self._enter_handler()
                 handler(self, **kwargs)
             except ConnectionClosed as exc:
                 logger.debug("WebSocket %s: handler ended on %s", self.id, exc)
-            except Exception:
-                self._log_failure(app, handler)
-                code = 1011
+            except Exception as exc:
+                code, reason, error = 1011, "", exc
+                on_error = websocket.error_handler_for(exc)
+                if on_error is not None:
+                    try:
+                        code, reason = self._close_args(on_error(self, exc))
+                        error = None
+                    except ConnectionClosed:
+                        error = None
+                    except Exception as again:
+                        error = again
+                if error is not None:
+                    self._report_failure(app, handler, error)
             finally:
                 self._leave_handler()
             with self._lock:
-                self._close(code, "")
+                self._close(code, reason)
         finally:
             self._release()
+        return error
 
     def _enter_handler(self) -> None:
         """The handler is about to run in the current thread or greenlet."""

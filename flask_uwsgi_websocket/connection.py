@@ -246,13 +246,30 @@ class Connection:
                 self.on_readable()
             return self._pop_message()
 
-    def _log_failure(self, app: Flask, handler: Callable[..., Any]) -> None:
-        """Log the exception a handler raised, with its route, to ``app.logger``."""
-        app.logger.exception(
-            "WebSocket handler %s for %s failed",
+    def _report_failure(self, app: Flask, handler: Callable[..., Any], error: Exception) -> None:
+        """Log an unhandled exception of a handler to ``app.logger``, with its route, in full,
+        and send Flask's ``got_request_exception`` signal, as Flask does for a view."""
+        from flask import got_request_exception, has_request_context, request
+
+        rule = request.url_rule if has_request_context() else None
+        app.logger.error(
+            "Exception in WebSocket handler %s (route %s) for %s",
             getattr(handler, "__name__", handler),
+            rule.rule if rule is not None else "?",
             self.environ.get("PATH_INFO"),
+            exc_info=error,
         )
+        got_request_exception.send(app, exception=error)
+
+    @staticmethod
+    def _close_args(result: Any) -> tuple[int, str]:
+        """The close code and reason an error handler returned: a code, a pair, or ``None``."""
+        if result is None:
+            return 1011, ""
+        if isinstance(result, int):
+            return result, ""
+        code, reason = result
+        return int(code), str(reason)
 
     # Reading: called by the reactor.
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import WebsocketMismatch
 
+from .blueprints import WebSocketBlueprint
 from .middleware import WebSocketMiddleware
 from .options import Options
 from .runner import INSTALL_HINT, run_uwsgi
+from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["WebSocket"]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
-_OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(Options)) | {"timeout"}
+ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
 
 
 class WebSocket:
@@ -28,7 +30,8 @@ class WebSocket:
     ``WebSocket(app, **options)`` or ``WebSocket(**options)`` then
     ``init_app(app)``; the options are those of :class:`Options`, each also
     read from ``app.config`` as ``WEBSOCKET_<NAME>``. One extension object
-    may serve several apps.
+    may serve several apps: its routes, blueprints and error handlers go to
+    every app it is given.
     """
 
     #: The middleware that wraps ``app.wsgi_app``.
@@ -43,11 +46,14 @@ class WebSocket:
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
         #: The options given to the extension; each app adds its config.
         self.options = Options().replace(**options)
-        #: The WebSocket routes, separate from the app's, so one URL can be both.
-        self.url_map = Map()
-        #: endpoint -> handler; each rule of ``url_map`` carries its own connection
-        #: options as ``rule.websocket_options``.
+        #: endpoint -> handler, for the routes declared on the extension.
         self.view_functions: dict[str, Callable[..., Any]] = {}
+        #: exception class -> ``handler(ws, error)``; see :meth:`errorhandler`.
+        self.error_handlers: dict[type[BaseException], Callable[..., Any]] = {}
+        self._routes: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+        self._views: dict[str, WebSocketView] = {}
+        self._blueprints: list[tuple[WebSocketBlueprint, dict[str, Any]]] = []
+        self._apps: weakref.WeakKeyDictionary[Flask, Options] = weakref.WeakKeyDictionary()
         self.app = app
         if app is not None:
             self.init_app(app)
@@ -62,12 +68,27 @@ class WebSocket:
         options = self.options.from_config(app.config)
         app.extensions["uwsgi_websocket"] = self
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app, options)  # type: ignore[method-assign]
+        self._apps[app] = options
+        # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
+        if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
+            app.register_error_handler(WebsocketMismatch, not_an_upgrade)
+        for view in app.view_functions.values():  # blueprints registered before init_app
+            if isinstance(view, WebSocketView):
+                self.check_handler(view.handler)
+        for route in self._routes:
+            self._add_route(app, *route)
+        for blueprint, blueprint_options in self._blueprints:
+            app.register_blueprint(blueprint, **blueprint_options)
 
         def run(**kwargs: Any) -> None:
             self.run(app, **kwargs)
 
         run.__doc__ = self.run.__doc__
         app.run = run  # type: ignore[method-assign, assignment]
+
+    def app_options(self, app: Flask) -> Options:
+        """The options of ``app``: the extension's, then its ``WEBSOCKET_*`` config."""
+        return self._apps[app]
 
     def route(self, rule: str, **options: Any) -> Callable[[Handler], Handler]:
         """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``.
@@ -89,7 +110,12 @@ class WebSocket:
         view_func: Callable[..., Any] | None = None,
         **options: Any,
     ) -> None:
-        """Register ``view_func`` as the handler of ``rule``, like ``Flask.add_url_rule``."""
+        """Register ``view_func`` as the handler of ``rule``, like ``Flask.add_url_rule``.
+
+        The rule goes to ``app.url_map`` with ``websocket=True`` (in every app of
+        the extension), so ``url_for(endpoint)`` builds its ``ws://`` URL; an HTTP
+        view may have the same URL, but not the same endpoint.
+        """
         if view_func is None:
             raise TypeError("add_url_rule() needs view_func, the handler")
         self.check_handler(view_func)
@@ -99,20 +125,63 @@ class WebSocket:
             raise AssertionError(
                 f"WebSocket endpoint {endpoint!r} is already taken by another handler"
             )
-        connection_options = {k: options.pop(k) for k in list(options) if k in _OPTION_NAMES}
-        connection_options = Options.check(connection_options)
-        options.pop("methods", None)  # the handshake is a GET; others get 400
-        try:
-            url_rule = Rule(rule, endpoint=endpoint, websocket=True, **options)
-        except TypeError:
-            known = ", ".join(sorted(_OPTION_NAMES - {"timeout"}))
-            raise TypeError(
-                f"unknown WebSocket option(s) or Rule argument(s): {', '.join(sorted(options))};"
-                f" WebSocket options: {known}"
-            ) from None
-        url_rule.websocket_options = connection_options  # type: ignore[attr-defined]
-        self.url_map.add(url_rule)
+        rule_args, connection_options = split_options(rule, endpoint, options)
+        self._views.setdefault(endpoint, WebSocketView(view_func))
         self.view_functions[endpoint] = view_func
+        route = (rule, endpoint, rule_args, connection_options)
+        self._routes.append(route)
+        for app in list(self._apps):
+            self._add_route(app, *route)
+
+    def _add_route(
+        self, app: Flask, rule: str, endpoint: str, rule_args: dict[str, Any],
+        connection_options: dict[str, Any],
+    ) -> None:  # fmt: skip
+        view = self._views[endpoint]
+        add_websocket_rule(
+            app.add_url_rule, app.url_map, rule, endpoint, view, rule_args, connection_options
+        )
+
+    def register_blueprint(self, blueprint: WebSocketBlueprint, **options: Any) -> None:
+        """Register ``blueprint`` in every app of the extension, as ``app.register_blueprint``.
+
+        ``options`` are those of ``app.register_blueprint`` (``url_prefix``,
+        ``name``...). ``app.register_blueprint(blueprint)`` works as well.
+        """
+        if not isinstance(blueprint, WebSocketBlueprint):
+            raise TypeError(
+                f"register_blueprint() takes a WebSocketBlueprint, not {blueprint!r}: declare"
+                " WebSocket handlers on WebSocketBlueprint(name, __name__) (0.6.1 used a plain"
+                " Blueprint), or register a Flask Blueprint with app.register_blueprint"
+            )
+        self._blueprints.append((blueprint, options))
+        for app in list(self._apps):
+            app.register_blueprint(blueprint, **options)
+
+    def errorhandler(
+        self, exception: type[BaseException]
+    ) -> Callable[[ErrorHandler], ErrorHandler]:
+        """Decorate ``f(ws, error)``, called when a handler raises ``exception`` (or a subclass).
+
+        It runs in the handler's context, may still send, and returns the close
+        code, a ``(code, reason)`` pair, or ``None`` for 1011; it may also close
+        the connection itself. A handled error is not logged. In the asyncio
+        flavour it may be ``async def``.
+        """
+
+        def decorator(handler: ErrorHandler) -> ErrorHandler:
+            self.error_handlers[exception] = handler
+            return handler
+
+        return decorator
+
+    def error_handler_for(self, error: BaseException) -> Callable[..., Any] | None:
+        """The error handler registered for the class of ``error`` or its nearest base."""
+        for cls in type(error).__mro__:
+            handler = self.error_handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
 
     def check_engine(self) -> None:
         """Raise ``RuntimeError`` when uWSGI runs a loop engine this flavour cannot use."""

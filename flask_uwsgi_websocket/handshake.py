@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from websockets.exceptions import InvalidHandshake
 from websockets.extensions.base import Extension
@@ -22,6 +23,7 @@ __all__ = [
     "Handshake",
     "HandshakeError",
     "accept_key",
+    "check_origin",
     "is_upgrade_attempt",
     "negotiate",
     "select_subprotocol",
@@ -95,6 +97,57 @@ def validate(environ: Mapping[str, Any]) -> str:
             "400 Bad Request", "missing or invalid header: Sec-WebSocket-Key (16 bytes, base64)"
         )
     return key
+
+
+_DEFAULT_PORTS = {"http": "80", "ws": "80", "https": "443", "wss": "443"}
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` in lower case without a default port, or ``None`` if malformed."""
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username is not None:
+        return None
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if port is not None and str(port) == _DEFAULT_PORTS.get(parts.scheme):
+        netloc = netloc.rsplit(":", 1)[0]
+    return f"{parts.scheme}://{netloc}"
+
+
+def _without_default_port(netloc: str) -> str:
+    host, _, port = netloc.rpartition(":")
+    return host if host and port in ("80", "443") else netloc
+
+
+def check_origin(environ: Mapping[str, Any], allowed: str | Sequence[str]) -> None:
+    """Refuse a browser's cross-site upgrade (cross-site WebSocket hijacking) with 403.
+
+    A request without ``Origin`` (not a browser) passes. A browser's ``Origin``
+    passes when its host and port are the ``Host`` header's (whatever the
+    scheme: TLS may end at a proxy), when it is one of ``allowed`` (normalized
+    origins, see :func:`normalize_origin`), or when ``allowed`` is ``"*"``.
+    """
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None or allowed == "*":
+        return
+    normalized = normalize_origin(origin)
+    if normalized is not None:
+        netloc = normalized.split("://", 1)[1]
+        host = str(environ.get("HTTP_HOST", "")).strip().lower()
+        if host and _without_default_port(netloc) == _without_default_port(host):
+            return
+        if normalized in allowed:
+            return
+    raise HandshakeError(
+        "403 Forbidden",
+        f"WebSocket connections from origin {origin[:200]!r} are not allowed"
+        " (see the allowed_origins option)",
+    )
 
 
 def select_subprotocol(

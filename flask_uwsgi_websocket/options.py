@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .compression import deflate_settings
+from .handshake import normalize_origin
 
 __all__ = ["Options"]
 
@@ -48,6 +49,16 @@ class Options:
     #: handshake goes on without one. Or a callable that gets the client's list and
     #: returns one of its items or ``None``.
     subprotocols: Sequence[str] | Callable[[list[str]], str | None] | None = None
+    #: Browser origins allowed besides the request's own host (``Origin`` whose host and
+    #: port are the ``Host`` header's): full origins such as ``"https://example.com"``,
+    #: or ``"*"`` for any. Others get 403, against cross-site WebSocket hijacking;
+    #: requests without ``Origin`` (not from a browser) always pass.
+    allowed_origins: str | Sequence[str] = ()
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The option names."""
+        return frozenset(field.name for field in dataclasses.fields(cls))
 
     def replace(self, **changes: Any) -> Options:
         """A copy with ``changes`` applied; unknown names raise ``TypeError``."""
@@ -78,7 +89,30 @@ class Options:
                     f"subprotocols is a list of names or a callable, not {subprotocols!r}"
                 )
             options["subprotocols"] = tuple(subprotocols)
+        if "allowed_origins" in options:
+            options["allowed_origins"] = cls._check_origins(options["allowed_origins"])
         return options
+
+    @staticmethod
+    def _check_origins(allowed: Any) -> str | tuple[str, ...]:
+        if allowed is None:
+            return ()
+        if allowed == "*":
+            return "*"
+        if isinstance(allowed, (str, bytes)) or not all(isinstance(o, str) for o in allowed):
+            raise ValueError(
+                f'allowed_origins is "*" or a list of origins such as ["https://example.com"],'
+                f" not {allowed!r}"
+            )
+        origins = []
+        for origin in allowed:
+            normalized = normalize_origin(origin)
+            if normalized is None:
+                raise ValueError(
+                    f"allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
+                )
+            origins.append(normalized)
+        return tuple(origins)
 
     @property
     def deflate(self) -> dict[str, Any] | None:

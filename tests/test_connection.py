@@ -202,7 +202,7 @@ def test_handler_exception_closes_with_1011_and_is_logged(server: AppServer) -> 
             ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1011
     log = wait_for(lambda: "boom from the handler" in server.output() and server.output())
-    assert "WebSocket handler raises for /raise failed" in log
+    assert "Exception in WebSocket handler raises (route /raise) for /raise" in log
     assert "Traceback" in log and "RuntimeError: boom from the handler" in log
 
 

@@ -29,9 +29,10 @@ def test_init_app_factory_pattern_and_config() -> None:
         assert app.wsgi_app.options.ping_interval == interval
     assert apps[1].wsgi_app.options.close_timeout == 1.5  # type: ignore[attr-defined]
     assert websocket.view_functions["numbered"] is handler
-    rule = next(iter(websocket.url_map.iter_rules()))
-    assert rule.rule == "/ws/<int:n>" and rule.websocket
-    assert rule.websocket_options == {"max_message_size": 10}  # type: ignore[attr-defined]
+    for app in apps:  # each app has the rule, with websocket=True and the route's options
+        (rule,) = app.url_map.iter_rules("numbered")
+        assert rule.rule == "/ws/<int:n>" and rule.websocket
+        assert rule.websocket_options == {"max_message_size": 10}  # type: ignore[attr-defined]
 
 
 def test_options_defaults_and_validation() -> None:

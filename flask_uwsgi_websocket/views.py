@@ -1,0 +1,197 @@
+"""WebSocket routes as Flask views, so they live the Flask request lifecycle.
+
+A WebSocket route is a rule of ``app.url_map`` made with ``websocket=True``
+(Werkzeug matches it for upgrade requests only, and ``url_for`` builds a
+``ws://`` or ``wss://`` URL for it) whose view is a :class:`WebSocketView`.
+Flask dispatches an upgrade request to it as to any view: the request context
+is pushed, ``request_started`` is sent, URL value preprocessors and
+``before_request`` functions run (app and blueprints; a response or ``abort()``
+there is sent as is, and no upgrade happens). The view then checks the
+``Origin``, negotiates the handshake and returns ``101 Switching Protocols``,
+which goes through ``after_request`` and ``request_finished`` like any
+response. Its body runs the handler: the request context stays pushed until
+the connection ends, and only then do the ``teardown_request`` and
+``teardown_appcontext`` functions run, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, current_app, request
+from flask.globals import request_ctx
+from werkzeug.routing import Map, Rule
+
+from .connection import logger
+from .handshake import HandshakeError, check_origin, negotiate
+from .options import Options
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
+
+    from .extension import WebSocket
+
+__all__ = ["WebSocketView", "add_websocket_rule", "split_options"]
+
+OPTION_NAMES = Options.names() | {"timeout"}
+
+
+class WebSocketView:
+    """The Flask view function of a WebSocket route: it answers the upgrade request.
+
+    ``handler`` is the user's function, ``handler(ws, **url_variables)``.
+    """
+
+    #: Flask adds no ``OPTIONS`` method to the rule.
+    provide_automatic_options = False
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+        self.__name__ = getattr(handler, "__name__", "websocket_handler")
+        self.__doc__ = handler.__doc__
+
+    def __call__(self, **kwargs: Any) -> Response:
+        """Answer the upgrade: an HTTP refusal, or 101 whose body serves the connection."""
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        websocket: WebSocket | None = app.extensions.get("uwsgi_websocket")
+        if websocket is None:
+            raise RuntimeError(
+                "a WebSocket route in an app without the extension: call init_app(app)"
+            )
+        return accept(websocket, app, self.handler, kwargs)
+
+
+def accept(
+    websocket: WebSocket, app: Flask, handler: Callable[..., Any], kwargs: dict[str, Any]
+) -> Response:
+    """Check the origin, negotiate, and answer 101 with a body that runs ``handler``."""
+    options = websocket.app_options(app)
+    route_options: dict[str, Any] = getattr(request.url_rule, "websocket_options", {})
+    if route_options:
+        options = options.replace(**route_options)
+    environ: WSGIEnvironment = request.environ
+    try:
+        check_origin(environ, options.allowed_origins)
+        handshake = negotiate(environ, options)
+    except HandshakeError as exc:
+        return refusal(app, exc)
+    except Exception:  # the app's subprotocol selector failed
+        logger.exception("WebSocket handshake for %s failed", request.path)
+        return refusal(
+            app, HandshakeError("500 Internal Server Error", "the WebSocket handshake failed")
+        )
+    try:
+        import uwsgi
+    except ImportError:
+        logger.error("WebSocket routes need uWSGI: run the app with app.run() or uwsgi")
+        return refusal(
+            app, HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI")
+        )
+
+    # Keep the request context for the connection: pushed once more here, popped when
+    # the connection ends, so Flask's own pop when the view returns runs no teardown.
+    ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    view_args = request.view_args
+    client_class = websocket.middleware_class.client_class
+
+    def serve() -> Iterator[bytes]:
+        error: BaseException | None = None
+        ctx.push()
+        ctx.request.view_args = view_args  # push() matched the URL again
+        try:
+            yield b""  # primed below, so that closing the body unwinds this
+            yield b""  # uWSGI sends the 101 with the first item of the body
+            client = client_class(uwsgi.connection_fd(), environ, options, handshake)
+            error = client._serve(handler, kwargs, websocket, app)
+        finally:
+            ctx.pop(error)
+
+    body = serve()
+    next(body)
+    response = _switching_protocols(app.response_class)(
+        body, status="101 Switching Protocols", headers=handshake.headers
+    )
+    del response.headers["Content-Type"]
+    return response
+
+
+_SWITCHING: dict[type[Response], type[Response]] = {}
+
+
+def _switching_protocols(response_class: type[Response]) -> type[Response]:
+    """``response_class`` sending its body after a 1xx status, which Werkzeug leaves out.
+
+    A subclass of the app's class, so that Flask does not convert the response.
+    """
+    switching = _SWITCHING.get(response_class)
+    if switching is None:
+
+        class SwitchingProtocols(response_class):  # type: ignore[valid-type, misc]
+            def get_app_iter(self, environ: WSGIEnvironment) -> Any:
+                return self.response
+
+        switching = _SWITCHING[response_class] = SwitchingProtocols
+    return switching
+
+
+def refusal(app: Flask, error: HandshakeError) -> Response:
+    """A refused upgrade as a plain-text response of the app's class."""
+    return app.response_class(
+        error.reason + "\n", status=error.status, headers=error.headers, mimetype="text/plain"
+    )
+
+
+def not_an_upgrade(error: Exception) -> Response:
+    """426 for a plain HTTP request to a WebSocket-only URL (Werkzeug's ``WebsocketMismatch``)."""
+    return refusal(
+        current_app,
+        HandshakeError(
+            "426 Upgrade Required",
+            "this URL is a WebSocket endpoint: connect with a WebSocket client",
+            [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        ),
+    )
+
+
+def split_options(
+    rule: str, endpoint: str, options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``route()`` keywords into Werkzeug ``Rule`` arguments and connection options.
+
+    Unknown names raise ``TypeError`` now, when the route is declared.
+    """
+    connection = Options.check({k: v for k, v in options.items() if k in OPTION_NAMES})
+    rule_args = {k: v for k, v in options.items() if k not in OPTION_NAMES}
+    rule_args.pop("methods", None)  # the handshake is a GET; others get 400
+    rule_args.pop("websocket", None)
+    rule_args.pop("provide_automatic_options", None)
+    try:
+        Rule(rule, endpoint=endpoint, websocket=True, **rule_args)
+    except TypeError:
+        known = ", ".join(sorted(OPTION_NAMES - {"timeout"}))
+        raise TypeError(
+            f"unknown WebSocket option(s) or Rule argument(s): {', '.join(sorted(rule_args))};"
+            f" WebSocket options: {known}"
+        ) from None
+    return rule_args, connection
+
+
+def add_websocket_rule(
+    add_url_rule: Callable[..., Any],
+    url_map: Map,
+    rule: str,
+    endpoint: str,
+    view: WebSocketView,
+    rule_args: dict[str, Any],
+    connection_options: dict[str, Any],
+) -> None:
+    """Add a WebSocket rule with ``add_url_rule`` (an app's, or a blueprint setup state's).
+
+    The rule, the last of ``url_map``, carries its connection options as
+    ``rule.websocket_options``.
+    """
+    add_url_rule(rule, endpoint, view, websocket=True, methods=["GET"], **rule_args)
+    added = list(url_map.iter_rules())[-1]
+    added.websocket_options = connection_options  # type: ignore[attr-defined]
