@@ -6,13 +6,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint
+from flask.blueprints import BlueprintSetupState
 
 from .views import WebSocketView, add_websocket_rule, split_options
 
 if TYPE_CHECKING:
-    from flask.blueprints import BlueprintSetupState
+    from flask import Flask
 
-__all__ = ["WebSocketBlueprint"]
+__all__ = ["WebSocketBlueprint", "register_handler_blueprint"]
 
 
 class WebSocketBlueprint(Blueprint):
@@ -65,3 +66,46 @@ class WebSocketBlueprint(Blueprint):
             )  # fmt: skip
 
         self.record(register)
+
+
+class _HandlerSetupState(BlueprintSetupState):
+    """Registers the routes of a plain blueprint as WebSocket routes (0.6.1's blueprints)."""
+
+    def add_url_rule(
+        self,
+        rule: str,
+        endpoint: str | None = None,
+        view_func: Callable[..., Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if view_func is None:
+            raise TypeError("a WebSocket route of a blueprint needs a handler")
+        endpoint = endpoint or view_func.__name__
+        options.pop("provide_automatic_options", None)
+        websocket = self.app.extensions["uwsgi_websocket"]
+        websocket.check_handler(view_func)
+        rule_args, connection_options = split_options(rule, endpoint, options)
+        add_websocket_rule(
+            super().add_url_rule, self.app.url_map, rule, endpoint, WebSocketView(view_func),
+            rule_args, connection_options,
+        )  # fmt: skip
+
+
+def register_handler_blueprint(app: Flask, blueprint: Blueprint, options: dict[str, Any]) -> None:
+    """Register a plain Flask blueprint whose routes are all WebSocket handlers.
+
+    This is how 0.6.1 code declares them (``@bp.route`` on a ``Blueprint``, then
+    ``websocket.register_blueprint(bp)``); the blueprint's own nested blueprints
+    stay ordinary ones.
+    """
+
+    def make_setup_state(
+        app: Flask, options: dict[str, Any], first_registration: bool = False
+    ) -> BlueprintSetupState:
+        return _HandlerSetupState(blueprint, app, options, first_registration)
+
+    blueprint.make_setup_state = make_setup_state  # type: ignore[method-assign, assignment]
+    try:
+        app.register_blueprint(blueprint, **options)
+    finally:
+        del blueprint.make_setup_state  # the class's method again

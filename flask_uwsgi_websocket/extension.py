@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from werkzeug.routing import WebsocketMismatch
 
-from .blueprints import WebSocketBlueprint
+from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
 from .options import Options
 from .runner import INSTALL_HINT, run_uwsgi
 from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Blueprint, Flask
 
 __all__ = ["WebSocket"]
 
@@ -52,7 +52,7 @@ class WebSocket:
         self.error_handlers: dict[type[BaseException], Callable[..., Any]] = {}
         self._routes: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         self._views: dict[str, WebSocketView] = {}
-        self._blueprints: list[tuple[WebSocketBlueprint, dict[str, Any]]] = []
+        self._blueprints: list[tuple[Blueprint, dict[str, Any]]] = []
         self._apps: weakref.WeakKeyDictionary[Flask, Options] = weakref.WeakKeyDictionary()
         self.app = app
         if app is not None:
@@ -78,7 +78,7 @@ class WebSocket:
         for route in self._routes:
             self._add_route(app, *route)
         for blueprint, blueprint_options in self._blueprints:
-            app.register_blueprint(blueprint, **blueprint_options)
+            self._register_blueprint(app, blueprint, blueprint_options)
 
         def run(**kwargs: Any) -> None:
             self.run(app, **kwargs)
@@ -142,21 +142,24 @@ class WebSocket:
             app.add_url_rule, app.url_map, rule, endpoint, view, rule_args, connection_options
         )
 
-    def register_blueprint(self, blueprint: WebSocketBlueprint, **options: Any) -> None:
+    def register_blueprint(self, blueprint: Blueprint, **options: Any) -> None:
         """Register ``blueprint`` in every app of the extension, as ``app.register_blueprint``.
 
         ``options`` are those of ``app.register_blueprint`` (``url_prefix``,
-        ``name``...). ``app.register_blueprint(blueprint)`` works as well.
+        ``name``...). A :class:`WebSocketBlueprint` may as well be registered with
+        ``app.register_blueprint``. A plain Flask ``Blueprint`` given here is
+        0.6.1's way: every route declared on it is a WebSocket handler.
         """
-        if not isinstance(blueprint, WebSocketBlueprint):
-            raise TypeError(
-                f"register_blueprint() takes a WebSocketBlueprint, not {blueprint!r}: declare"
-                " WebSocket handlers on WebSocketBlueprint(name, __name__) (0.6.1 used a plain"
-                " Blueprint), or register a Flask Blueprint with app.register_blueprint"
-            )
         self._blueprints.append((blueprint, options))
         for app in list(self._apps):
+            self._register_blueprint(app, blueprint, options)
+
+    @staticmethod
+    def _register_blueprint(app: Flask, blueprint: Blueprint, options: dict[str, Any]) -> None:
+        if isinstance(blueprint, WebSocketBlueprint):
             app.register_blueprint(blueprint, **options)
+        else:
+            register_handler_blueprint(app, blueprint, options)
 
     def errorhandler(
         self, exception: type[BaseException]

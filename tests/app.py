@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from flask import copy_current_request_context, request, url_for
+from flask import Blueprint, copy_current_request_context, request, url_for
 
 from flask_uwsgi_websocket import ConnectionClosed, WebSocket, WebSocketClient
 
@@ -317,3 +317,16 @@ def room(ws: WebSocketClient, name: str) -> None:
 parent, chat = blueprints(room)
 app.register_blueprint(parent)
 websocket.register_blueprint(chat, url_prefix="/direct", name="direct")
+
+
+# 0.6.1's blueprints: a plain Flask Blueprint of handlers, registered through the extension.
+legacy = Blueprint("legacy", __name__)
+
+
+@legacy.route("/say/<word>", max_message_size=16)
+def legacy_say(ws: WebSocketClient, word: str) -> None:
+    for message in ws:
+        ws.send(f"{word}: {message}")
+
+
+websocket.register_blueprint(legacy, url_prefix="/old")

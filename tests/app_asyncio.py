@@ -10,7 +10,7 @@ import asyncio
 import json
 from typing import Any
 
-from flask import request, url_for
+from flask import Blueprint, request, url_for
 
 from flask_uwsgi_websocket import AsyncioWebSocket, AsyncioWebSocketClient, ConnectionClosed
 
@@ -323,3 +323,16 @@ async def room(ws: AsyncioWebSocketClient, name: str) -> None:
 parent, chat = blueprints(room)
 app.register_blueprint(parent)
 websocket.register_blueprint(chat, url_prefix="/direct", name="direct")
+
+
+# 0.6.1's blueprints: a plain Flask Blueprint of handlers, registered through the extension.
+legacy = Blueprint("legacy", __name__)
+
+
+@legacy.route("/say/<word>", max_message_size=16)
+async def legacy_say(ws: AsyncioWebSocketClient, word: str) -> None:
+    async for message in ws:
+        await ws.send(f"{word}: {message}")
+
+
+websocket.register_blueprint(legacy, url_prefix="/old")

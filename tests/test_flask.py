@@ -257,8 +257,6 @@ def test_blueprint_api_without_a_server() -> None:
     @bp.route("/feed/<int:n>", max_message_size=10)
     def feed(ws: object, n: int) -> None: ...
 
-    with pytest.raises(TypeError, match="WebSocketBlueprint"):
-        websocket.register_blueprint(Blueprint("plain", __name__))  # type: ignore[arg-type]
     websocket.register_blueprint(bp, url_prefix="/v2")
     apps = [Flask("one"), Flask("two")]
     for app in apps:
@@ -280,6 +278,38 @@ def test_blueprint_api_without_a_server() -> None:
     async_bp.route("/a")(coroutine)
     with pytest.raises(TypeError, match="coroutine function"):
         app.register_blueprint(async_bp)
+
+
+def test_a_plain_blueprint_of_handlers_registered_through_the_extension(
+    server: AppServer,
+) -> None:
+    """0.6.1's way: ``@bp.route`` on a Flask ``Blueprint``, ``websocket.register_blueprint(bp)``."""
+    with connect(f"{server.url}/old/say/hi") as ws:
+        ws.send("there")
+        assert ws.recv() == "hi: there"
+        ws.send("x" * 17)  # the route's max_message_size is 16
+        with pytest.raises(ClientClosed) as info:
+            ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def test_plain_blueprint_api_without_a_server() -> None:
+    websocket = WebSocket()
+    early, late = Blueprint("early", __name__), Blueprint("late", __name__)
+    early.route("/e/<int:n>", receive_timeout=2)(lambda ws, n: None)
+    late.add_url_rule("/l", "handler", lambda ws: None)
+    websocket.register_blueprint(early, url_prefix="/v1")  # before init_app
+    app = Flask("legacy")
+    websocket.init_app(app)
+    websocket.register_blueprint(late)  # after
+    (rule,) = app.url_map.iter_rules("early.<lambda>")
+    assert (rule.rule, rule.websocket) == ("/v1/e/<int:n>", True)
+    assert rule.websocket_options == {"receive_timeout": 2}  # type: ignore[attr-defined]
+    (rule,) = app.url_map.iter_rules("late.handler")
+    assert rule.websocket
+    assert "make_setup_state" not in vars(early)  # the blueprint is left as it was
+    with app.test_request_context():
+        assert url_for("late.handler", _external=True) == "ws://localhost/l"
 
 
 def test_every_option_has_its_config_key() -> None:
