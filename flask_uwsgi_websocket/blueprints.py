@@ -104,7 +104,7 @@ def register_handler_blueprint(app: Flask, blueprint: Blueprint, options: dict[s
     ) -> BlueprintSetupState:
         return _HandlerSetupState(blueprint, app, options, first_registration)
 
-    blueprint.make_setup_state = make_setup_state  # type: ignore[method-assign, assignment]
+    blueprint.make_setup_state = make_setup_state  # type: ignore[method-assign, assignment, unused-ignore]
     try:
         app.register_blueprint(blueprint, **options)
     finally:
