@@ -44,9 +44,8 @@ class WebSocketBlueprint(Blueprint):
 
         ``options``: Werkzeug ``Rule`` arguments and per-route connection options.
         """
-        if view_func is None:
-            raise TypeError("add_url_rule() needs view_func, the handler")
-        endpoint = endpoint or view_func.__name__
+        endpoint, rule_args, connection_options = split_options(rule, endpoint, view_func, options)
+        assert view_func is not None  # split_options checked it
         if "." in endpoint:
             raise ValueError("'endpoint' may not contain a dot '.' character.")
         view = self._views.setdefault(endpoint, WebSocketView(view_func))
@@ -54,7 +53,6 @@ class WebSocketBlueprint(Blueprint):
             raise AssertionError(
                 f"WebSocket endpoint {endpoint!r} is already taken by another handler"
             )
-        rule_args, connection_options = split_options(rule, endpoint, options)
 
         def register(state: BlueprintSetupState) -> None:
             websocket = state.app.extensions.get("uwsgi_websocket")
@@ -78,13 +76,9 @@ class _HandlerSetupState(BlueprintSetupState):
         view_func: Callable[..., Any] | None = None,
         **options: Any,
     ) -> None:
-        if view_func is None:
-            raise TypeError("a WebSocket route of a blueprint needs a handler")
-        endpoint = endpoint or view_func.__name__
-        options.pop("provide_automatic_options", None)
-        websocket = self.app.extensions["uwsgi_websocket"]
-        websocket.check_handler(view_func)
-        rule_args, connection_options = split_options(rule, endpoint, options)
+        endpoint, rule_args, connection_options = split_options(rule, endpoint, view_func, options)
+        assert view_func is not None  # split_options checked it
+        self.app.extensions["uwsgi_websocket"].check_handler(view_func)
         add_websocket_rule(
             super().add_url_rule, self.app.url_map, rule, endpoint, WebSocketView(view_func),
             rule_args, connection_options,

@@ -67,8 +67,8 @@ class WebSocket:
         self.check_engine()
         options = self.options.from_config(app.config)
         app.extensions["uwsgi_websocket"] = self
-        app.wsgi_app = self.middleware_class(app.wsgi_app, self, app, options)  # type: ignore[method-assign]
         self._apps[app] = options
+        app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
         # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
         if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
             app.register_error_handler(WebsocketMismatch, not_an_upgrade)
@@ -116,16 +116,14 @@ class WebSocket:
         the extension), so ``url_for(endpoint)`` builds its ``ws://`` URL; an HTTP
         view may have the same URL, but not the same endpoint.
         """
-        if view_func is None:
-            raise TypeError("add_url_rule() needs view_func, the handler")
+        endpoint, rule_args, connection_options = split_options(rule, endpoint, view_func, options)
+        assert view_func is not None  # split_options checked it
         self.check_handler(view_func)
-        endpoint = endpoint or view_func.__name__
         existing = self.view_functions.get(endpoint)
         if existing is not None and existing is not view_func:
             raise AssertionError(
                 f"WebSocket endpoint {endpoint!r} is already taken by another handler"
             )
-        rule_args, connection_options = split_options(rule, endpoint, options)
         self._views.setdefault(endpoint, WebSocketView(view_func))
         self.view_functions[endpoint] = view_func
         route = (rule, endpoint, rule_args, connection_options)

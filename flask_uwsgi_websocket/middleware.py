@@ -9,13 +9,14 @@ from werkzeug.exceptions import HTTPException
 
 from .client import WebSocketClient
 from .handshake import HandshakeError, is_upgrade_attempt, validate
-from .options import Options
+from .views import refusal
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from flask import Flask
 
     from .extension import WebSocket
+    from .options import Options
 
 __all__ = ["WebSocketMiddleware"]
 
@@ -34,21 +35,22 @@ class WebSocketMiddleware:
     #: The client class handlers receive; each flavour sets its own.
     client_class: type[WebSocketClient] = WebSocketClient
 
-    def __init__(
-        self, wsgi_app: WSGIApplication, websocket: WebSocket, app: Flask, options: Options
-    ) -> None:
+    def __init__(self, wsgi_app: WSGIApplication, websocket: WebSocket, app: Flask) -> None:
         self.wsgi_app = wsgi_app
         self.websocket = websocket
         self.app = app
-        #: The app's options: the extension's, then its ``WEBSOCKET_*`` config.
-        self.options = options
+
+    @property
+    def options(self) -> Options:
+        """The app's options: the extension's, then its ``WEBSOCKET_*`` config."""
+        return self.websocket.app_options(self.app)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if is_upgrade_attempt(environ) and self._is_websocket_route(environ):
             try:
                 validate(environ)
             except HandshakeError as exc:
-                return self._refuse(start_response, exc)
+                return refusal(self.app, exc)(environ, start_response)
             environ["HTTP_UPGRADE"] = "websocket"  # as Werkzeug's matching expects it
         return self.wsgi_app(environ, start_response)
 
@@ -60,14 +62,3 @@ class WebSocketMiddleware:
         except HTTPException:
             return False
         return hasattr(rule, "websocket_options")
-
-    @staticmethod
-    def _refuse(start_response: StartResponse, error: HandshakeError) -> list[bytes]:
-        body = (error.reason + "\n").encode()
-        headers = [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *error.headers,
-        ]
-        start_response(error.status, headers)
-        return [body]

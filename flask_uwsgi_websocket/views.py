@@ -156,12 +156,20 @@ def not_an_upgrade(error: Exception) -> Response:
 
 
 def split_options(
-    rule: str, endpoint: str, options: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``route()`` keywords into Werkzeug ``Rule`` arguments and connection options.
+    rule: str,
+    endpoint: str | None,
+    view_func: Callable[..., Any] | None,
+    options: dict[str, Any],
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Read a route declaration: its endpoint (default: the handler's name), its
+    Werkzeug ``Rule`` arguments and its connection options.
 
-    Unknown names raise ``TypeError`` now, when the route is declared.
+    A missing handler and unknown names raise ``TypeError`` now, when the route is
+    declared.
     """
+    if view_func is None:
+        raise TypeError("add_url_rule() needs view_func, the handler")
+    endpoint = endpoint or view_func.__name__
     connection = Options.check({k: v for k, v in options.items() if k in OPTION_NAMES})
     rule_args = {k: v for k, v in options.items() if k not in OPTION_NAMES}
     rule_args.pop("methods", None)  # the handshake is a GET; others get 400
@@ -175,7 +183,7 @@ def split_options(
             f"unknown WebSocket option(s) or Rule argument(s): {', '.join(sorted(rule_args))};"
             f" WebSocket options: {known}"
         ) from None
-    return rule_args, connection
+    return endpoint, rule_args, connection
 
 
 def add_websocket_rule(

@@ -169,12 +169,18 @@ def test_before_request_refuses_the_upgrade(
     ]
 
 
-def test_handler_error_is_logged_with_its_route(server: AppServer) -> None:
+def log_of_a_failing_handler(server: AppServer) -> str:
+    """Open ``/life/raise``, whose handler says "hi" then raises; return the server's log."""
     with connect(f"{server.url}/life/raise") as ws:
         assert ws.recv() == "hi"
         with pytest.raises(ClientClosed):
             ws.recv()
-    log = wait_for(lambda: "life boom" in server.output() and server.output())
+    log: str = wait_for(lambda: "life boom" in server.output() and server.output())
+    return log
+
+
+def test_handler_error_is_logged_with_its_route(server: AppServer) -> None:
+    log = log_of_a_failing_handler(server)
     assert "Exception in WebSocket handler lifecycle (route /life/<how>) for /life/raise" in log
     assert "Traceback (most recent call last)" in log
 
@@ -346,11 +352,7 @@ def test_routes_added_after_init_app_reach_every_app() -> None:
 @pytest.mark.parametrize("flavour", ["plain", "asyncio"])
 def test_debug_mode_logs_in_full_and_never_serves_the_debugger(flavour: str) -> None:
     with AppServer(flavour, extra_args=("--env", "FLASK_DEBUG=1")) as server:
-        with connect(f"{server.url}/life/raise") as ws:
-            assert ws.recv() == "hi"
-            with pytest.raises(ClientClosed):
-                ws.recv()
-        log = wait_for(lambda: "life boom" in server.output() and server.output())
+        log = log_of_a_failing_handler(server)
         assert "Traceback (most recent call last)" in log
         assert 'raise RuntimeError("life boom")' in log
         # Flask re-raises in debug mode; uWSGI logs it and answers nothing, or 500.
