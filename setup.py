@@ -18,6 +18,7 @@ setup(
     extras_require={
         "gevent": ["gevent>=23.9", "greenlet>=3"],
         "asyncio": ["greenlet>=3"],
+        "redis": ["redis>=5"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import greenlet
 
-from .connection import Connection, Message, Reactor, Timer, logger, sharedarea_read
+from .connection import Connection, Message, Reactor, Timer, in_this_thread, logger, sharedarea_read
 from .exceptions import ConnectionClosed, WebSocketError
 from .extension import WebSocket
 from .middleware import WebSocketMiddleware
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from .handshake import Handshake
     from .options import Options
+    from .rooms import Rooms
 
 __all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
 
@@ -79,18 +80,26 @@ class AsyncioWebSocketClient(Connection):
     """
 
     def __init__(
-        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         self._loop = asyncio.get_event_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
-        super().__init__(fd, environ, options, handshake)
+        super().__init__(fd, environ, options, handshake, rooms)
 
     # The asyncio flavour's waiting.
 
     def _make_reactor(self) -> Reactor:
         return AsyncioReactor(self.fd, self._loop)
+
+    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
+        return in_this_thread(self._loop.call_soon_threadsafe)
 
     def _wait(self, timeout: float | None) -> None:
         raise RuntimeError("the asyncio flavour waits with _wait_async()")
@@ -188,6 +197,17 @@ class AsyncioWebSocketClient(Connection):
         """Send ``data`` as a binary frame; a ``str`` is encoded in UTF-8."""
         await self.send(data, binary=True)
 
+    async def join(self, room: str) -> None:
+        """Join ``room``: :meth:`AsyncioWebSocket.broadcast` to it reaches this connection.
+
+        The connection leaves every room when its handler ends.
+        """
+        self._rooms().join(self, room)
+
+    async def leave(self, room: str) -> None:
+        """Leave ``room``; nothing happens if the connection is not in it."""
+        self._rooms().leave(self, room)
+
     async def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
         await self.send(sharedarea_read(id, pos).decode())
@@ -273,6 +293,17 @@ class AsyncioWebSocketClient(Connection):
         return error
 
 
+class _Done:
+    """An awaitable that is already done."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -328,6 +359,18 @@ class AsyncioWebSocket(WebSocket):
     run_defaults = {"asyncio": 100, "greenlet": True}
     engine = "asyncio"
     plugins = ("asyncio", "greenlet")
+
+    def broadcast(  # type: ignore[override]
+        self, message: Any, room: str | None = None, exclude: Any = None
+    ) -> Awaitable[None]:
+        """Send ``message`` to every connection of the app in ``room`` (``None``: all).
+
+        As :meth:`WebSocket.broadcast`, which never waits; in this flavour it
+        returns an awaitable, so a coroutine writes ``await websocket.broadcast(m)``
+        and a plain function (an HTTP view, a thread) calls it without ``await``.
+        """
+        super().broadcast(message, room, exclude)
+        return _DONE
 
     def check_engine(self) -> None:
         """Refuse another engine or a missing ``--greenlet``; prepare the worker's loop."""

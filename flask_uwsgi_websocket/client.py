@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .extension import WebSocket
     from .handshake import Handshake
     from .options import Options
+    from .rooms import Rooms
 
 __all__ = ["WebSocketClient"]
 
@@ -42,11 +43,16 @@ class WebSocketClient(Connection):
     """
 
     def __init__(
-        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
-        super().__init__(fd, environ, options, handshake)
+        super().__init__(fd, environ, options, handshake, rooms)
 
     # The plain flavour's waiting.
 
@@ -112,6 +118,17 @@ class WebSocketClient(Connection):
             self._send_frame(Opcode.BINARY, data)
             while self._backlogged():
                 self._wait(None)
+
+    def join(self, room: str) -> None:
+        """Join ``room``: :meth:`WebSocket.broadcast` to it reaches this connection.
+
+        The connection leaves every room when its handler ends.
+        """
+        self._rooms().join(self, room)
+
+    def leave(self, room: str) -> None:
+        """Leave ``room``; nothing happens if the connection is not in it."""
+        self._rooms().leave(self, room)
 
     def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""

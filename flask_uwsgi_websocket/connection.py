@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections import deque
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from .handshake import Handshake
+    from .rooms import Rooms
 
 try:
     from websockets.speedups import apply_mask
@@ -106,6 +108,26 @@ def sharedarea_read(id: int, pos: int) -> bytes:
     return data
 
 
+def _call_now(function: Callable[[], None]) -> None:
+    function()
+
+
+def in_this_thread(
+    schedule: Callable[[Callable[[], None]], Any],
+) -> Callable[[Callable[[], None]], None]:
+    """A function that calls its argument now in this thread, and from any other thread
+    hands it to ``schedule``: the thread-safe ``call_soon`` of the loop this thread runs."""
+    thread = threading.get_ident()
+
+    def call(function: Callable[[], None]) -> None:
+        if threading.get_ident() == thread:
+            function()
+        else:
+            schedule(function)
+
+    return call
+
+
 def frame_header(opcode: int, length: int) -> bytes:
     """The header of an unmasked, final, unextended frame (RFC 6455, section 5.2)."""
     if length < 126:
@@ -131,6 +153,7 @@ class Connection:
         environ: dict[str, Any],
         options: Options,
         handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         #: The socket's file descriptor.
         self.fd = fd
@@ -168,12 +191,21 @@ class Connection:
         self._pong_timer: Timer | None = None
         self._close_timer: Timer | None = None
         self._failed = False
+        self._registry = rooms  # the app's connections in this process
+        self._joined: set[str] = set()  # replaced, never changed in place
         self.reactor: Reactor = self._make_reactor()
+        #: Calls a function where the connection's callbacks run (see ``_make_caller``).
+        self._call_in_loop = self._make_caller()
 
     # Flavour hooks.
 
     def _make_reactor(self) -> Reactor:
         raise NotImplementedError
+
+    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
+        """A function that calls its argument where this connection's callbacks may run,
+        from any thread: here, it calls it at once (the plain flavour locks)."""
+        return _call_now
 
     def _wait(self, timeout: float | None) -> None:
         """Block the caller until :meth:`_wake` or ``timeout``; called with the lock held."""
@@ -190,6 +222,8 @@ class Connection:
         with self._lock:
             self._update_reading()
             self._schedule_keepalive()
+        if self._registry is not None:
+            self._registry.add(self)
 
     @property
     def connected(self) -> bool:
@@ -216,6 +250,16 @@ class Connection:
         if received is not None:
             return received.reason
         return "" if self.protocol.state is CLOSED else None
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in (see ``join``)."""
+        return frozenset(self._joined)
+
+    def _rooms(self) -> Rooms:
+        if self._registry is None:
+            raise RuntimeError("this connection was not made by the extension: it has no rooms")
+        return self._registry
 
     @property
     def timeout(self) -> float | None:
@@ -554,6 +598,18 @@ class Connection:
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
+    def _deliver(self, frame: bytes) -> None:
+        """Queue a broadcast's ``frame``; close with 1013 when over ``max_send_buffer``."""
+        with self._lock:
+            if self.protocol.state is not OPEN:
+                return
+            limit = self.options.max_send_buffer
+            if self._out and self._out_size + len(frame) > limit:
+                self._begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
+                self._wake()
+            else:
+                self._write(frame)
+
     def _backlogged(self) -> bool:
         return self._out_size > self.options.write_limit and self.protocol.state is OPEN
 
@@ -653,7 +709,9 @@ class Connection:
             self._wait(None)
 
     def _release(self) -> None:
-        """Stop watching the socket; uWSGI closes it when the request ends."""
+        """Leave the rooms, stop watching the socket; uWSGI closes it when the request ends."""
+        if self._registry is not None:
+            self._registry.remove(self)
         with self._lock:
             self._stop_timers()
             self._reading = self._writing = False

@@ -5,13 +5,16 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
+from flask import current_app, has_app_context
 from werkzeug.routing import WebsocketMismatch
 
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
+from .brokers import Broker, LocalBroker, make_broker
 from .middleware import WebSocketMiddleware
 from .options import Options
+from .rooms import Broadcast, Rooms
 from .runner import INSTALL_HINT, run_uwsgi
 from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
 
@@ -24,6 +27,11 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
 
 
+class _AppState(NamedTuple):
+    options: Options
+    broker: Broker
+
+
 class WebSocket:
     """The Flask extension, plain flavour: handlers run in the request's thread.
 
@@ -32,6 +40,12 @@ class WebSocket:
     read from ``app.config`` as ``WEBSOCKET_<NAME>``. One extension object
     may serve several apps: its routes, blueprints and error handlers go to
     every app it is given.
+
+    ``broker`` carries :meth:`broadcast` to the app's connections: ``None``
+    (in-process, the default) or a Redis URL, ``"redis://host:port/db"``, for
+    every worker and host that uses the same Redis; ``app.config`` may set it as
+    ``WEBSOCKET_BROKER_URL``, and the Redis channel as ``WEBSOCKET_BROKER_CHANNEL``
+    (default ``"flask-uwsgi-websocket"``).
     """
 
     #: The middleware that wraps ``app.wsgi_app``.
@@ -43,9 +57,11 @@ class WebSocket:
     #: The uWSGI plugins ``run`` checks the binary for.
     plugins: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+    def __init__(self, app: Flask | None = None, broker: str | None = None, **options: Any) -> None:
         #: The options given to the extension; each app adds its config.
         self.options = Options().replace(**options)
+        #: The broker URL given to the extension; ``WEBSOCKET_BROKER_URL`` wins.
+        self.broker_url = broker
         #: endpoint -> handler, for the routes declared on the extension.
         self.view_functions: dict[str, Callable[..., Any]] = {}
         #: exception class -> ``handler(ws, error)``; see :meth:`errorhandler`.
@@ -53,7 +69,7 @@ class WebSocket:
         self._routes: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         self._views: dict[str, WebSocketView] = {}
         self._blueprints: list[tuple[Blueprint, dict[str, Any]]] = []
-        self._apps: weakref.WeakKeyDictionary[Flask, Options] = weakref.WeakKeyDictionary()
+        self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self.app = app
         if app is not None:
             self.init_app(app)
@@ -66,8 +82,12 @@ class WebSocket:
         """
         self.check_engine()
         options = self.options.from_config(app.config)
+        url = app.config.get("WEBSOCKET_BROKER_URL", self.broker_url)
+        channel = app.config.get("WEBSOCKET_BROKER_CHANNEL")
+        broker = make_broker(url, Rooms(), channel, app.logger)
         app.extensions["uwsgi_websocket"] = self
-        self._apps[app] = options
+        self._apps[app] = _AppState(options, broker)
+        _warn_if_several_workers(app, broker)
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
         # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
         if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
@@ -88,7 +108,42 @@ class WebSocket:
 
     def app_options(self, app: Flask) -> Options:
         """The options of ``app``: the extension's, then its ``WEBSOCKET_*`` config."""
-        return self._apps[app]
+        return self._apps[app].options
+
+    def broker(self, app: Flask | None = None) -> Broker:
+        """The broker of ``app`` (default: the current app)."""
+        return self._apps[app or self._current_app()].broker
+
+    def broadcast(self, message: Any, room: str | None = None, exclude: Any = None) -> None:
+        """Send ``message`` to every connection of the app in ``room`` (``None``: all).
+
+        ``str`` goes as a text message, bytes-like as a binary one, framed once
+        for all recipients. ``exclude`` is a connection, a connection's ``id``,
+        or an iterable of them. Callable from handlers, HTTP views and other
+        threads or greenlets; it never waits: each recipient's connection
+        queues the message, and one holding more than ``max_send_buffer``
+        unsent bytes is closed with 1013 instead. Which connections it reaches
+        is the broker's matter: this process's, or every process's on the same
+        Redis. Outside an app context, the app is the one given to the
+        extension, or its only one.
+        """
+        self.broker().publish(Broadcast.of(message, room, exclude))
+
+    def _current_app(self) -> Flask:
+        if has_app_context():
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            if app not in self._apps:
+                raise RuntimeError(f"the app {app.name!r} does not use this extension")
+            return app
+        if self.app is not None:
+            return self.app
+        apps = list(self._apps)
+        if len(apps) == 1:
+            return apps[0]
+        raise RuntimeError(
+            f"outside an app context the extension cannot tell which of its {len(apps)} "
+            f"apps is meant: push one with 'with app.app_context():'"
+        )
 
     def route(self, rule: str, **options: Any) -> Callable[[Handler], Handler]:
         """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``.
@@ -224,3 +279,18 @@ class WebSocket:
         if app is None:
             raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
         run_uwsgi(app, defaults=self.run_defaults, plugins=self.plugins, **kwargs)
+
+
+def _warn_if_several_workers(app: Flask, broker: Broker) -> None:
+    """Warn, once per uWSGI instance, that in-process broadcasts stay in one worker."""
+    try:
+        import uwsgi
+    except ImportError:
+        return
+    if isinstance(broker, LocalBroker) and uwsgi.numproc > 1 and uwsgi.worker_id() <= 1:
+        app.logger.warning(
+            "uWSGI runs %d worker processes and the WebSocket broker is in-process: a "
+            "broadcast reaches only the connections of the worker that makes it. Set "
+            "WEBSOCKET_BROKER_URL = 'redis://host:port/db' to reach them all.",
+            uwsgi.numproc,
+        )

@@ -19,7 +19,7 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from .client import WebSocketClient
-from .connection import Reactor, Timer
+from .connection import Reactor, Timer, in_this_thread
 from .exceptions import ConnectionClosed
 from .extension import WebSocket
 from .middleware import WebSocketMiddleware
@@ -27,6 +27,7 @@ from .middleware import WebSocketMiddleware
 if TYPE_CHECKING:
     from .handshake import Handshake
     from .options import Options
+    from .rooms import Rooms
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -83,18 +84,26 @@ class GeventWebSocketClient(WebSocketClient):
     """A WebSocket connection in the gevent flavour; the same API as :class:`WebSocketClient`."""
 
     def __init__(
-        self, fd: int, environ: dict[str, Any], options: Options, handshake: Handshake | None = None
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         self._hub = get_hub()
         self._waiters: list[Waiter[Any]] = []
         self._handler: Any = None
         self._handler_waiting = 0  # the handler is blocked in this connection's methods
-        super().__init__(fd, environ, options, handshake)
+        super().__init__(fd, environ, options, handshake, rooms)
         # Greenlets switch only where they wait: no lock is needed.
         self._lock = self._condition = _NO_LOCK
 
     def _make_reactor(self) -> Reactor:
         return GeventReactor(self.fd)
+
+    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
+        return in_this_thread(self._hub.loop.run_callback_threadsafe)
 
     def _wait(self, timeout: float | None) -> None:
         waiter: Waiter[Any] = Waiter(self._hub)

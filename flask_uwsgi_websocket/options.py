@@ -38,6 +38,11 @@ class Options:
     max_queue: int = 16
     #: Bytes of outgoing data buffered before ``send()`` waits for the peer to read.
     write_limit: int = 2**20
+    #: Bytes of outgoing data a connection may hold when a broadcast comes: a recipient
+    #: with more waiting (a slow consumer) is closed with 1013 (Try Again Later) instead,
+    #: so the buffer holds this much, or one message when larger. ``send()`` waits at
+    #: ``write_limit`` instead.
+    max_send_buffer: int = 2**20
     #: Seconds to wait for the peer to finish the closing handshake.
     close_timeout: float = 10.0
     #: permessage-deflate (RFC 7692), used when the client offers it: ``"deflate"``

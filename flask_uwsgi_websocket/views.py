@@ -95,6 +95,8 @@ def accept(
     ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
     view_args = request.view_args
     client_class = websocket.middleware_class.client_class
+    broker = websocket.broker(app)
+    broker.start()
 
     def serve() -> Iterator[bytes]:
         error: BaseException | None = None
@@ -103,7 +105,7 @@ def accept(
         try:
             yield b""  # primed below, so that closing the body unwinds this
             yield b""  # uWSGI sends the 101 with the first item of the body
-            client = client_class(uwsgi.connection_fd(), environ, options, handshake)
+            client = client_class(uwsgi.connection_fd(), environ, options, handshake, broker.rooms)
             error = client._serve(handler, kwargs, websocket, app)
         finally:
             ctx.pop(error)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a development checkout: a virtualenv in .venv with this package (editable), gevent,
-# and a uWSGI built with the gevent, asyncio and greenlet engines.
+# redis-py, and a uWSGI built with the gevent, asyncio and greenlet engines.
 #   scripts/install.sh           enough to run the examples
 #   scripts/install.sh --test    also the test tools: pytest & co, redis-server (Debian
 #                                package) and wstest (Autobahn|Testsuite, in ~/.cache)
@@ -14,12 +14,12 @@ py=$VENV/bin/python
 "$py" -m pip install -q --upgrade pip
 bash scripts/install-uwsgi.sh "$py"
 if [[ ${1:-} == --test ]]; then
-  "$py" -m pip install -q -e ".[gevent,asyncio,test,bench]"
+  "$py" -m pip install -q -e ".[gevent,asyncio,redis,test,bench]"
   if ! command -v redis-server >/dev/null; then
     sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
     $sudo apt-get update -q && $sudo apt-get install -y -q redis-server >/dev/null
   fi
   bash scripts/install-autobahn.sh >/dev/null
 else
-  "$py" -m pip install -q -e ".[gevent,asyncio]"
+  "$py" -m pip install -q -e ".[gevent,asyncio,redis]"
 fi

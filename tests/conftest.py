@@ -20,8 +20,13 @@ class AppServer(UwsgiServer):
     def __init__(self, flavour: str, mode: str = "http", extra_args: tuple[str, ...] = ()) -> None:
         self.flavour = flavour
         super().__init__(
-            ["--module", APP_MODULES.get(flavour, "tests.app:app"), "--sharedarea", "1",
-             *FLAVOUR_ARGS[flavour]],
+            [
+                "--module",
+                APP_MODULES.get(flavour, "tests.app:app"),
+                "--sharedarea",
+                "1",
+                *FLAVOUR_ARGS[flavour],
+            ],
             extra_args,
             mode=mode,
             env={"TEST_FLAVOUR": flavour},

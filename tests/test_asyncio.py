@@ -79,8 +79,6 @@ def test_several_processes_with_lazy_apps() -> None:
                 sockets = [stack.enter_context(connect(f"{server.url}/echo")) for _ in range(6)]
                 for i, ws in enumerate(sockets):
                     ws.send(f"message {i}")
-                assert [ws.recv(timeout=10) for ws in sockets] == [
-                    f"message {i}" for i in range(6)
-                ]
+                assert [ws.recv(timeout=10) for ws in sockets] == [f"message {i}" for i in range(6)]
             assert "Traceback" not in server.output()
             assert "spawned uWSGI worker 2" in server.output()

@@ -193,9 +193,7 @@ def test_server_frames_respect_the_negotiated_window(server: AppServer) -> None:
 
 
 def test_uncompressed_frames_are_accepted_in_a_compressed_connection(server: AppServer) -> None:
-    client = RawClient(
-        server.address, "/echo", {"Sec-WebSocket-Extensions": "permessage-deflate"}
-    )
+    client = RawClient(server.address, "/echo", {"Sec-WebSocket-Extensions": "permessage-deflate"})
     try:
         client.send(frame(BINARY, b"plain bytes"))  # RSV1 clear: not compressed
         client.send(frame(TEXT, deflate(b"deflated text"), rsv=4))

@@ -350,6 +350,4 @@ def test_fifty_connections_on_one_worker(request: pytest.FixtureRequest, fixture
         for round_ in range(3):
             for i, ws in enumerate(sockets):
                 ws.send(f"{round_}:{i}")
-            assert [ws.recv(timeout=10) for ws in sockets] == [
-                f"{round_}:{i}" for i in range(50)
-            ]
+            assert [ws.recv(timeout=10) for ws in sockets] == [f"{round_}:{i}" for i in range(50)]

@@ -603,7 +603,6 @@ def test_run_with_a_missing_binary(tmp_path: Path) -> None:
     assert "RuntimeError: uWSGI binary 'no-such-uwsgi-binary' not found" in result.stderr
 
 
-
 def test_router_buffer_is_raised_unless_given() -> None:
     from flask_uwsgi_websocket.runner import ROUTER_BUFFER_SIZE
 

@@ -1,0 +1,273 @@
+"""Brokers: how a broadcast reaches the connections of every process that serves the app.
+
+:class:`LocalBroker`, the default, delivers within the calling process: enough
+for one worker process (any number of threads, greenlets or tasks in it).
+
+:class:`RedisBroker` publishes each broadcast on one Redis pub/sub channel; every
+worker process of every uWSGI instance that uses the same Redis and channel
+subscribes to it and delivers what comes to its own connections. Its Redis
+traffic runs in two daemon threads per worker process, so a broadcast never
+waits for Redis, whatever the flavour, and a Redis that is down or slow holds
+up no worker:
+
+- the publisher takes broadcasts from a queue (at most :data:`MAX_PENDING`) and
+  sends them in pipelined batches, in the order they were made, so a sender's
+  broadcasts arrive in order;
+- the subscriber receives them and hands each to the worker's connections
+  (see :meth:`~flask_uwsgi_websocket.rooms.Rooms.deliver`).
+
+When Redis cannot be reached, at start-up or later, the app goes on serving its
+connections: the outage is logged once, the subscriber reconnects with
+exponential backoff (:data:`FIRST_RETRY` doubling to :data:`LAST_RETRY`
+seconds), and delivery resumes once it has subscribed again, which is logged
+with the outage's length and the number of broadcasts dropped. Redis pub/sub
+keeps nothing: broadcasts made while the broker is down, or published while a
+subscriber is away, are lost for the connections that subscriber serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .rooms import Broadcast, Rooms
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker"]
+
+#: Broadcasts waiting for the publisher; more are dropped (and counted) until it catches up.
+MAX_PENDING = 100_000
+#: Broadcasts the publisher sends in one pipelined batch at most.
+BATCH = 1000
+#: Seconds before the first reconnection attempt; doubled at each failure.
+FIRST_RETRY = 0.1
+#: Seconds between reconnection attempts at most.
+LAST_RETRY = 2.0
+#: Seconds a connection attempt to Redis may take.
+CONNECT_TIMEOUT = 2.0
+#: The Redis channel the apps' broadcasts go through, unless configured.
+CHANNEL = "flask-uwsgi-websocket"
+
+
+class Broker(Protocol):
+    """Carries broadcasts to the :class:`Rooms` of every process that serves the app."""
+
+    #: The app's connections in this process.
+    rooms: Rooms
+
+    def publish(self, broadcast: Broadcast) -> None:
+        """Send ``broadcast`` to every process; never waits."""
+
+    def start(self) -> None:
+        """Make sure this process receives broadcasts; cheap when done before."""
+
+
+class LocalBroker:
+    """Delivery within this process: the default, for one worker process."""
+
+    def __init__(self, rooms: Rooms) -> None:
+        self.rooms = rooms
+
+    def publish(self, broadcast: Broadcast) -> None:
+        """Deliver ``broadcast`` to this process's connections."""
+        self.rooms.deliver(broadcast)
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def __repr__(self) -> str:
+        return "<LocalBroker>"
+
+
+class RedisBroker:
+    """Delivery through a Redis pub/sub channel, to every process that subscribes to it."""
+
+    def __init__(
+        self, rooms: Rooms, url: str, channel: str = CHANNEL, log: logging.Logger | None = None
+    ) -> None:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "the Redis broker needs the redis package: pip install Flask-uWSGI-WebSocket[redis]"
+            ) from None
+        self.rooms = rooms
+        self.url = url
+        self.channel = channel
+        self.log = log or logging.getLogger("flask_uwsgi_websocket")
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._pending: deque[bytes] = deque()
+        self._pid: int | None = None  # the process the threads run in
+        self._down_since: float | None = None
+        self._dropped = 0
+        self._overflow_logged = False
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self._safe_url()} channel={self.channel!r}>"
+
+    def _safe_url(self) -> str:
+        scheme, sep, rest = self.url.partition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}"  # no password in logs
+
+    # Any thread.
+
+    def start(self) -> None:
+        """Start this process's publisher and subscriber threads, once per process."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # A fork copies no thread: start them again in the child.
+            self._pending.clear()
+            self._down_since = None
+            self._dropped = 0
+            self._pid = os.getpid()
+            for target, name in ((self._publish_forever, "publisher"),
+                                 (self._subscribe_forever, "subscriber")):  # fmt: skip
+                threading.Thread(target=target, name=f"websocket-redis-{name}", daemon=True).start()
+
+    def publish(self, broadcast: Broadcast) -> None:
+        """Queue ``broadcast`` for the publisher; dropped while Redis is down."""
+        self.start()
+        data = broadcast.encode()
+        with self._lock:
+            if self._down_since is not None:
+                self._dropped += 1
+                return
+            if len(self._pending) >= MAX_PENDING:
+                self._dropped += 1
+                if not self._overflow_logged:
+                    self._overflow_logged = True
+                    self.log.error(
+                        "Redis broker %s: over %d broadcasts waiting to be published; "
+                        "dropping broadcasts until it catches up", self._safe_url(), MAX_PENDING,
+                    )  # fmt: skip
+                return
+            self._pending.append(data)
+            if len(self._pending) == 1:
+                self._ready.notify()
+
+    # The publisher thread.
+
+    def _publish_forever(self) -> None:
+        client = self._client()
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._ready.wait()
+                count = min(len(self._pending), BATCH)
+                batch = [self._pending.popleft() for _ in range(count)]
+                if not self._pending:
+                    self._overflow_logged = False
+            try:
+                pipe = client.pipeline(transaction=False)
+                for data in batch:
+                    pipe.publish(self.channel, data)
+                pipe.execute()
+            except Exception as exc:  # any Redis or socket error
+                with self._lock:
+                    self._dropped += len(batch)
+                self._went_down(exc)
+                self._wait_until_back(client)
+
+    def _wait_until_back(self, client: redis.Redis) -> None:
+        """Ping with backoff until Redis answers (or the subscriber is back first)."""
+        delay = FIRST_RETRY
+        while self._down_since is not None:
+            time.sleep(delay)
+            delay = min(delay * 2, LAST_RETRY)
+            try:
+                client.ping()
+            except Exception:  # still down
+                continue
+            self._came_back()
+
+    # The subscriber thread.
+
+    def _subscribe_forever(self) -> None:
+        delay = FIRST_RETRY
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self.channel)
+                pubsub.get_message(timeout=CONNECT_TIMEOUT)  # the subscription's confirmation
+                self._came_back()
+                delay = FIRST_RETRY
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._receive(message["data"])
+            except Exception as exc:  # any Redis or socket error
+                self._went_down(exc)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # already broken
+                        pass
+            time.sleep(delay)
+            delay = min(delay * 2, LAST_RETRY)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            broadcast = Broadcast.decode(data)
+        except ValueError as exc:
+            self.log.warning("Redis broker: ignored a message on %r: %s", self.channel, exc)
+            return
+        self.rooms.deliver(broadcast)
+
+    # Both threads.
+
+    def _client(self) -> redis.Redis:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 1),  # once at once: a pooled socket Redis closed
+        )
+
+    def _went_down(self, error: Exception) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self._dropped += len(self._pending)  # sent late, they could break the order
+            self._pending.clear()
+        self.log.error(
+            "Redis broker %s is unreachable (%s): broadcasts are dropped and not received "
+            "until it is back; reconnecting", self._safe_url(), error or type(error).__name__,
+        )  # fmt: skip
+
+    def _came_back(self) -> None:
+        with self._lock:
+            since, self._down_since = self._down_since, None
+            dropped, self._dropped = self._dropped, 0
+        if since is not None:
+            self.log.warning(
+                "Redis broker %s is back after %.1f s; %d broadcast(s) made here were dropped",
+                self._safe_url(), time.monotonic() - since, dropped,
+            )  # fmt: skip
+
+
+def make_broker(url: str | None, rooms: Rooms, channel: str | None, log: Any = None) -> Broker:
+    """The broker ``url`` names: ``None`` or ``"local"``, or a ``redis://`` (``rediss://``,
+    ``unix://``) URL."""
+    if url is None or url == "local":
+        return LocalBroker(rooms)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBroker(rooms, url, channel or CHANNEL, log)
+    raise ValueError(
+        f"unknown broker {url!r}: None or 'local' (in-process), or redis://host:port/db"
+    )

@@ -1,0 +1,138 @@
+"""The app of the broadcast tests, in the flavour ``TEST_FLAVOUR`` names.
+
+A client of ``/rooms`` gets ``{"id", "pid"}`` first, then sends JSON commands:
+``{"join": room}``, ``{"leave": room}`` (answered with ``{"rooms": [...]}``),
+``{"broadcast": message, "room": r, "binary": b, "exclude_self": b}`` (not
+answered), ``{"echo": x}`` (answered ``{"echo": x}``). Every answer has the key
+``"reply"``; anything else a client receives is a broadcast. HTTP views broadcast
+from a request (``/broadcast``), from a thread of their own (``/broadcast-thread``),
+and many at once (``/flood``). The broker is in-process unless
+``FLASK_WEBSOCKET_BROKER_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from flask import Flask, request
+
+FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
+
+app = Flask(__name__)
+app.config.from_prefixed_env()
+
+if FLAVOUR == "asyncio":
+    from flask_uwsgi_websocket import AsyncioWebSocket
+
+    websocket: Any = AsyncioWebSocket(app)
+elif FLAVOUR == "gevent":
+    from flask_uwsgi_websocket import GeventWebSocket
+
+    websocket = GeventWebSocket(app)
+else:
+    from flask_uwsgi_websocket import WebSocket
+
+    websocket = WebSocket(app)
+
+
+def hello(ws: Any) -> str:
+    return json.dumps({"reply": "hello", "id": ws.id, "pid": os.getpid()})
+
+
+def command_reply(ws: Any, command: dict[str, Any]) -> tuple[str | None, Any]:
+    """What to answer, and a broadcast to make: ``(message, room, exclude)`` or ``None``."""
+    if "broadcast" in command:
+        message = command["broadcast"]
+        if command.get("binary"):
+            message = message.encode()
+        exclude = ws if command.get("exclude_self") else None
+        return None, (message, command.get("room"), exclude)
+    if "echo" in command:
+        return json.dumps({"reply": "echo", "echo": command["echo"]}), None
+    return json.dumps({"reply": "rooms", "rooms": sorted(ws.rooms)}), None
+
+
+if FLAVOUR == "asyncio":
+
+    @websocket.route("/rooms")
+    @websocket.route("/rooms-small", max_send_buffer=65536)
+    async def rooms(ws: Any) -> None:
+        await ws.send(hello(ws))
+        async for message in ws:
+            command = json.loads(message)
+            if "join" in command:
+                await ws.join(command["join"])
+            if "leave" in command:
+                await ws.leave(command["leave"])
+            reply, broadcast = command_reply(ws, command)
+            if broadcast is not None:
+                await websocket.broadcast(*broadcast)
+            if reply is not None:
+                await ws.send(reply)
+
+else:
+
+    @websocket.route("/rooms")
+    @websocket.route("/rooms-small", max_send_buffer=65536)
+    def rooms(ws: Any) -> None:
+        ws.send(hello(ws))
+        for message in ws:
+            command = json.loads(message)
+            if "join" in command:
+                ws.join(command["join"])
+            if "leave" in command:
+                ws.leave(command["leave"])
+            reply, broadcast = command_reply(ws, command)
+            if broadcast is not None:
+                websocket.broadcast(*broadcast)
+            if reply is not None:
+                ws.send(reply)
+
+
+def broadcast_args() -> tuple[Any, str | None, Any]:
+    message: Any = request.args.get("message", "")
+    if request.args.get("binary"):
+        message = message.encode()
+    return message, request.args.get("room"), request.args.getlist("exclude") or None
+
+
+@app.route("/broadcast", methods=["GET", "POST"])
+def broadcast() -> str:
+    websocket.broadcast(*broadcast_args())
+    return "sent"
+
+
+@app.route("/broadcast-thread")
+def broadcast_thread() -> str:
+    """Broadcast from a thread with no app context (background code)."""
+    args = broadcast_args()
+    thread = threading.Thread(target=websocket.broadcast, args=args)
+    thread.start()
+    thread.join()
+    return "sent"
+
+
+@app.route("/flood")
+def flood() -> str:
+    """``count`` broadcasts of ``size`` bytes (binary) or ``prefix-<n>`` (text) to ``room``."""
+    count = int(request.args["count"])
+    size = int(request.args.get("size", 0))
+    room = request.args.get("room")
+    prefix = request.args.get("prefix", "m")
+    for n in range(count):
+        websocket.broadcast(bytes(size) if size else f"{prefix}-{n}", room)
+    return "sent"
+
+
+@app.route("/count")
+def count() -> str:
+    """Connections of this worker in ``room`` (all without one)."""
+    return str(websocket.broker().rooms.count(request.args.get("room")))
+
+
+@app.route("/pid")
+def pid() -> str:
+    return str(os.getpid())
