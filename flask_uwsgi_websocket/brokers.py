@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker"]
 
-#: Broadcasts waiting for the publisher; more are dropped (and counted) until it catches up.
+#: Broadcasts waiting for the publisher, and their bytes, at most: more are dropped (and
+#: counted) until it catches up.
 MAX_PENDING = 100_000
+MAX_PENDING_BYTES = 64 * 2**20
 #: Broadcasts the publisher sends in one pipelined batch at most.
 BATCH = 1000
 #: Seconds before the first reconnection attempt; doubled at each failure.
@@ -104,6 +106,7 @@ class RedisBroker:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
         self._pid: int | None = None  # the process the threads run in
         self._down_since: float | None = None
         self._dropped = 0
@@ -127,6 +130,7 @@ class RedisBroker:
                 return
             # A fork copies no thread: start them again in the child.
             self._pending.clear()
+            self._pending_bytes = 0
             self._down_since = None
             self._dropped = 0
             self._pid = os.getpid()
@@ -142,16 +146,21 @@ class RedisBroker:
             if self._down_since is not None:
                 self._dropped += 1
                 return
-            if len(self._pending) >= MAX_PENDING:
+            if (
+                len(self._pending) >= MAX_PENDING
+                or self._pending_bytes + len(data) > MAX_PENDING_BYTES
+            ):
                 self._dropped += 1
                 if not self._overflow_logged:
                     self._overflow_logged = True
                     self.log.error(
-                        "Redis broker %s: over %d broadcasts waiting to be published; "
-                        "dropping broadcasts until it catches up", self._safe_url(), MAX_PENDING,
+                        "Redis broker %s: %d broadcasts (%d bytes) wait to be published; "
+                        "dropping broadcasts until it catches up",
+                        self._safe_url(), len(self._pending), self._pending_bytes,
                     )  # fmt: skip
                 return
             self._pending.append(data)
+            self._pending_bytes += len(data)
             if len(self._pending) == 1:
                 self._ready.notify()
 
@@ -165,6 +174,7 @@ class RedisBroker:
                     self._ready.wait()
                 count = min(len(self._pending), BATCH)
                 batch = [self._pending.popleft() for _ in range(count)]
+                self._pending_bytes -= sum(map(len, batch))
                 if not self._pending:
                     self._overflow_logged = False
             try:
@@ -243,8 +253,9 @@ class RedisBroker:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
-            self._dropped += len(self._pending)  # sent late, they could break the order
+            self._dropped += len(self._pending)  # dropped, rather than sent late
             self._pending.clear()
+            self._pending_bytes = 0
         self.log.error(
             "Redis broker %s is unreachable (%s): broadcasts are dropped and not received "
             "until it is back; reconnecting", self._safe_url(), error or type(error).__name__,

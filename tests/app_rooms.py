@@ -2,8 +2,9 @@
 
 A client of ``/rooms`` gets ``{"id", "pid"}`` first, then sends JSON commands:
 ``{"join": room}``, ``{"leave": room}`` (answered with ``{"rooms": [...]}``),
-``{"broadcast": message, "room": r, "binary": b, "exclude_self": b}`` (not
-answered), ``{"echo": x}`` (answered ``{"echo": x}``). Every answer has the key
+``{"broadcast": message, "room": r, "binary": b, "exclude_self": b}`` and
+``{"flood": count, "prefix": p, "room": r}`` (``p-0``, ``p-1``...; not answered),
+``{"echo": x}`` (answered ``{"echo": x}``). Every answer has the key
 ``"reply"``; anything else a client receives is a broadcast. HTTP views broadcast
 from a request (``/broadcast``), from a thread of their own (``/broadcast-thread``),
 and many at once (``/flood``). The broker is in-process unless
@@ -42,23 +43,27 @@ def hello(ws: Any) -> str:
     return json.dumps({"reply": "hello", "id": ws.id, "pid": os.getpid()})
 
 
-def command_reply(ws: Any, command: dict[str, Any]) -> tuple[str | None, Any]:
-    """What to answer, and a broadcast to make: ``(message, room, exclude)`` or ``None``."""
+def command_reply(ws: Any, command: dict[str, Any]) -> tuple[str | None, list[Any]]:
+    """What to answer, and the broadcasts to make: ``(message, room, exclude)`` each."""
     if "broadcast" in command:
         message = command["broadcast"]
         if command.get("binary"):
             message = message.encode()
         exclude = ws if command.get("exclude_self") else None
-        return None, (message, command.get("room"), exclude)
+        return None, [(message, command.get("room"), exclude)]
+    if "flood" in command:
+        room, prefix = command.get("room"), command["prefix"]
+        return None, [(f"{prefix}-{n}", room, None) for n in range(command["flood"])]
     if "echo" in command:
-        return json.dumps({"reply": "echo", "echo": command["echo"]}), None
-    return json.dumps({"reply": "rooms", "rooms": sorted(ws.rooms)}), None
+        return json.dumps({"reply": "echo", "echo": command["echo"]}), []
+    return json.dumps({"reply": "rooms", "rooms": sorted(ws.rooms)}), []
 
 
 if FLAVOUR == "asyncio":
 
     @websocket.route("/rooms")
     @websocket.route("/rooms-small", max_send_buffer=65536)
+    @websocket.route("/rooms-big", max_send_buffer=2**26)
     async def rooms(ws: Any) -> None:
         await ws.send(hello(ws))
         async for message in ws:
@@ -67,8 +72,8 @@ if FLAVOUR == "asyncio":
                 await ws.join(command["join"])
             if "leave" in command:
                 await ws.leave(command["leave"])
-            reply, broadcast = command_reply(ws, command)
-            if broadcast is not None:
+            reply, broadcasts = command_reply(ws, command)
+            for broadcast in broadcasts:
                 await websocket.broadcast(*broadcast)
             if reply is not None:
                 await ws.send(reply)
@@ -77,6 +82,7 @@ else:
 
     @websocket.route("/rooms")
     @websocket.route("/rooms-small", max_send_buffer=65536)
+    @websocket.route("/rooms-big", max_send_buffer=2**26)
     def rooms(ws: Any) -> None:
         ws.send(hello(ws))
         for message in ws:
@@ -85,8 +91,8 @@ else:
                 ws.join(command["join"])
             if "leave" in command:
                 ws.leave(command["leave"])
-            reply, broadcast = command_reply(ws, command)
-            if broadcast is not None:
+            reply, broadcasts = command_reply(ws, command)
+            for broadcast in broadcasts:
                 websocket.broadcast(*broadcast)
             if reply is not None:
                 ws.send(reply)
@@ -133,6 +139,9 @@ def count() -> str:
     return str(websocket.broker().rooms.count(request.args.get("room")))
 
 
-@app.route("/pid")
-def pid() -> str:
-    return str(os.getpid())
+@app.route("/memory")
+def memory() -> Any:
+    """The worker's peak and current resident memory, in KiB (Linux)."""
+    with open("/proc/self/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return {name: int(fields[name].split()[0]) for name in ("VmHWM", "VmRSS")}

@@ -321,7 +321,8 @@ def test_plain_blueprint_api_without_a_server() -> None:
 def test_every_option_has_its_config_key() -> None:
     samples = {
         "ping_interval": 3.0, "ping_timeout": 4.0, "max_message_size": 5, "receive_timeout": 6.0,
-        "max_queue": 7, "write_limit": 8, "close_timeout": 9.0, "compression": None,
+        "max_queue": 7, "write_limit": 8, "max_send_buffer": 10, "close_timeout": 9.0,
+        "compression": None,
         "subprotocols": ("a.v1",), "allowed_origins": ("https://a.example",),
     }  # fmt: skip
     assert set(samples) == Options.names()
