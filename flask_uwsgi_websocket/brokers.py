@@ -16,6 +16,10 @@ up no worker:
 - the subscriber receives them and hands each to the worker's connections
   (see :meth:`~flask_uwsgi_websocket.rooms.Rooms.deliver`).
 
+Both start as the worker is forked, and the publisher sends nothing before the
+subscriber has subscribed, so a connection gets every broadcast made after it
+joined a room.
+
 When Redis cannot be reached, at start-up or later, the app goes on serving its
 connections: the outage is logged once, the subscriber reconnects with
 exponential backoff (:data:`FIRST_RETRY` doubling to :data:`LAST_RETRY`
@@ -39,7 +43,7 @@ from .rooms import Broadcast, Rooms
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker"]
+__all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker", "start_in_each_worker"]
 
 #: Broadcasts waiting for the publisher, and their bytes, at most: more are dropped (and
 #: counted) until it catches up.
@@ -108,6 +112,7 @@ class RedisBroker:
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._pid: int | None = None  # the process the threads run in
+        self._subscribed = threading.Event()
         self._down_since: float | None = None
         self._dropped = 0
         self._overflow_logged = False
@@ -134,6 +139,7 @@ class RedisBroker:
             self._down_since = None
             self._dropped = 0
             self._pid = os.getpid()
+            self._subscribed = threading.Event()
             for target, name in ((self._publish_forever, "publisher"),
                                  (self._subscribe_forever, "subscriber")):  # fmt: skip
                 threading.Thread(target=target, name=f"websocket-redis-{name}", daemon=True).start()
@@ -177,6 +183,8 @@ class RedisBroker:
                 self._pending_bytes -= sum(map(len, batch))
                 if not self._pending:
                     self._overflow_logged = False
+            # Not before this process has subscribed: its own connections would miss it.
+            self._subscribed.wait(LAST_RETRY + CONNECT_TIMEOUT)
             try:
                 pipe = client.pipeline(transaction=False)
                 for data in batch:
@@ -210,12 +218,14 @@ class RedisBroker:
                 pubsub = self._client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self.channel)
                 pubsub.get_message(timeout=CONNECT_TIMEOUT)  # the subscription's confirmation
+                self._subscribed.set()
                 self._came_back()
                 delay = FIRST_RETRY
                 for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._receive(message["data"])
             except Exception as exc:  # any Redis or socket error
+                self._subscribed.clear()
                 self._went_down(exc)
             finally:
                 if pubsub is not None:
@@ -270,6 +280,28 @@ class RedisBroker:
                 "Redis broker %s is back after %.1f s; %d broadcast(s) made here were dropped",
                 self._safe_url(), time.monotonic() - since, dropped,
             )  # fmt: skip
+
+
+def start_in_each_worker(broker: Broker) -> None:
+    """Start ``broker`` in each uWSGI worker as it is forked (now, in a worker that loads
+    the app itself), so that it has subscribed before the worker's first connection."""
+    try:
+        import uwsgi
+    except ImportError:
+        return
+    if isinstance(broker, LocalBroker):
+        return
+    if uwsgi.worker_id() > 0:
+        broker.start()
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def post_fork() -> None:
+        if previous is not None:
+            previous()
+        broker.start()
+
+    uwsgi.post_fork_hook = post_fork
 
 
 def make_broker(url: str | None, rooms: Rooms, channel: str | None, log: Any = None) -> Broker:

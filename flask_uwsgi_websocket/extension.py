@@ -11,7 +11,7 @@ from flask import current_app, has_app_context
 from werkzeug.routing import WebsocketMismatch
 
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
-from .brokers import Broker, LocalBroker, make_broker
+from .brokers import Broker, LocalBroker, make_broker, start_in_each_worker
 from .middleware import WebSocketMiddleware
 from .options import Options
 from .rooms import Broadcast, Rooms
@@ -88,6 +88,7 @@ class WebSocket:
         app.extensions["uwsgi_websocket"] = self
         self._apps[app] = _AppState(options, broker)
         _warn_if_several_workers(app, broker)
+        start_in_each_worker(broker)
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
         # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
         if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
