@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
@@ -36,10 +35,11 @@ def no_broker_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLASK_WEBSOCKET_BROKER_URL", raising=False)
 
 
-def chat_server(processes: int = 1, broker: str | None = None, *extra: str) -> UwsgiServer:
+def chat_server(
+    processes: int = 1, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> UwsgiServer:
     """The example as the README deploys it: ``--wsgi-file examples/chat.py --callable app``."""
     args = ["--wsgi-file", str(CHAT), "--callable", "app", "--gevent", "100"]
-    env = {"WEBSOCKET_BROKER_URL": broker} if broker else None
     return UwsgiServer([*args, "--processes", str(processes), *extra], env=env)
 
 
@@ -202,7 +202,11 @@ def test_in_process() -> None:
 def test_two_instances_of_two_workers_share_redis() -> None:
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
-        one, two = (stack.enter_context(chat_server(2, redis.url)) for _ in range(2))
+        # The example reads WEBSOCKET_BROKER_URL, and FLASK_WEBSOCKET_BROKER_URL as config.
+        one, two = (
+            stack.enter_context(chat_server(2, {name: redis.url}))
+            for name in ("WEBSOCKET_BROKER_URL", "FLASK_WEBSOCKET_BROKER_URL")
+        )
         for server in (one, two):
             check_page(server.address)
         converse([one.address, two.address], two.address, own_join=False)
@@ -215,11 +219,13 @@ def test_two_instances_of_two_workers_share_redis() -> None:
 
 @pytest.mark.parametrize("lazy_apps", [False, True], ids=["preloaded", "lazy_apps"])
 def test_in_process_broker_with_two_workers_warns_once(lazy_apps: bool) -> None:
-    extra = ["--lazy-apps"] if lazy_apps else []
-    with chat_server(2, None, *extra) as server:
+    loads = 2 if lazy_apps else 1  # each worker loads the app, or the master once for both
+    with chat_server(2, extra=("--lazy-apps",) if lazy_apps else ()) as server:
         deadline = time.monotonic() + 15
-        while server.output().count("WSGI app 0 (mountpoint='') ready") < (2 if lazy_apps else 1) \
-                or "spawned uWSGI worker 2" not in server.output():  # fmt: skip
+        while (
+            server.output().count("WSGI app 0 (mountpoint='') ready") < loads
+            or "spawned uWSGI worker 2" not in server.output()
+        ):
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.1)
         assert server.stop() == 0
@@ -228,21 +234,11 @@ def test_in_process_broker_with_two_workers_warns_once(lazy_apps: bool) -> None:
     assert "uWSGI runs 2 worker processes and the WebSocket broker is in-process" in log
 
 
-@contextlib.contextmanager
-def as_script() -> Iterator[ServerProcess]:
-    port = free_port()
-    env = child_env(FLASK_RUN_HOST="127.0.0.1", FLASK_RUN_PORT=str(port))
-    process = ServerProcess([sys.executable, str(CHAT)], port, ROOT, env)
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.close()
-
-
 def test_run_as_a_script() -> None:
     """``python examples/chat.py``, the README's first run: the page, and its WebSocket."""
-    with as_script() as process:
+    port = free_port()
+    env = child_env(FLASK_RUN_HOST="127.0.0.1", FLASK_RUN_PORT=str(port))
+    with ServerProcess([sys.executable, str(CHAT)], port, ROOT, env) as process:
         ws_url = check_page(process.address)
         with connect(f"{ws_url}?name=eve", open_timeout=10) as ws:
             message = json.loads(ws.recv(timeout=10))
