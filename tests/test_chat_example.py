@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from .redis_server import RedisServer
@@ -243,6 +244,10 @@ def test_run_as_a_script() -> None:
         with connect(f"{ws_url}?name=eve", open_timeout=10) as ws:
             message = json.loads(ws.recv(timeout=10))
             assert (message["event"], message["name"], message["text"]) == ("join", "eve", "joined")
+            ws.send("x" * 4097)  # over the route's max_message_size
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         assert process.stop() == 0
         assert "goodbye to uWSGI." in process.output()
         assert "Traceback" not in process.output()
