@@ -1,7 +1,8 @@
 """Echo server, plain flavour (threads): text comes back as text, binary as binary.
 
     python examples/echo.py        # uWSGI on http://localhost:5000, 8 threads
-    uwsgi --master --http :5000 --http-websockets --threads 8 --wsgi-file examples/echo.py
+    uwsgi --master --http :5000 --http-websockets --threads 8 \\
+          --wsgi-file examples/echo.py --callable app
 """
 
 from flask import Flask

@@ -1,7 +1,8 @@
 """Echo server, gevent flavour: text comes back as text, binary as binary.
 
     python examples/echo_gevent.py        # uWSGI on http://localhost:5000, 100 greenlets
-    uwsgi --master --http :5000 --http-websockets --gevent 100 --wsgi-file examples/echo_gevent.py
+    uwsgi --master --http :5000 --http-websockets --gevent 100 \\
+          --wsgi-file examples/echo_gevent.py --callable app
 """
 
 from flask import Flask
