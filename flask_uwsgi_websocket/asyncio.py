@@ -31,9 +31,6 @@ from .middleware import WebSocketMiddleware
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .handshake import Handshake
-    from .options import Options
-    from .rooms import Rooms
 
 __all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
 
@@ -79,19 +76,11 @@ class AsyncioWebSocketClient(Connection):
     the connection closes. ``a_recv`` and ``a_send`` are the 0.6.1 names.
     """
 
-    def __init__(
-        self,
-        fd: int,
-        environ: dict[str, Any],
-        options: Options,
-        handshake: Handshake | None = None,
-        rooms: Rooms | None = None,
-    ) -> None:
+    def _prepare(self) -> None:
         self._loop = asyncio.get_event_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
-        super().__init__(fd, environ, options, handshake, rooms)
 
     # The asyncio flavour's waiting.
 

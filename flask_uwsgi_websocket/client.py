@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from .extension import WebSocket
-    from .handshake import Handshake
-    from .options import Options
-    from .rooms import Rooms
 
 __all__ = ["WebSocketClient"]
 
@@ -42,17 +39,9 @@ class WebSocketClient(Connection):
     ``send`` and ``close`` may be called from any thread.
     """
 
-    def __init__(
-        self,
-        fd: int,
-        environ: dict[str, Any],
-        options: Options,
-        handshake: Handshake | None = None,
-        rooms: Rooms | None = None,
-    ) -> None:
+    def _prepare(self) -> None:
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
-        super().__init__(fd, environ, options, handshake, rooms)
 
     # The plain flavour's waiting.
 

@@ -155,6 +155,7 @@ class Connection:
         handshake: Handshake | None = None,
         rooms: Rooms | None = None,
     ) -> None:
+        self._prepare()
         #: The socket's file descriptor.
         self.fd = fd
         #: The WSGI environ of the upgrade request.
@@ -198,6 +199,9 @@ class Connection:
         self._call_in_loop = self._make_caller()
 
     # Flavour hooks.
+
+    def _prepare(self) -> None:
+        """Set up the flavour's state (lock, waiters), first thing in ``__init__``."""
 
     def _make_reactor(self) -> Reactor:
         raise NotImplementedError

@@ -25,9 +25,7 @@ from .extension import WebSocket
 from .middleware import WebSocketMiddleware
 
 if TYPE_CHECKING:
-    from .handshake import Handshake
-    from .options import Options
-    from .rooms import Rooms
+    pass
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -83,19 +81,11 @@ class GeventReactor:
 class GeventWebSocketClient(WebSocketClient):
     """A WebSocket connection in the gevent flavour; the same API as :class:`WebSocketClient`."""
 
-    def __init__(
-        self,
-        fd: int,
-        environ: dict[str, Any],
-        options: Options,
-        handshake: Handshake | None = None,
-        rooms: Rooms | None = None,
-    ) -> None:
+    def _prepare(self) -> None:
         self._hub = get_hub()
         self._waiters: list[Waiter[Any]] = []
         self._handler: Any = None
         self._handler_waiting = 0  # the handler is blocked in this connection's methods
-        super().__init__(fd, environ, options, handshake, rooms)
         # Greenlets switch only where they wait: no lock is needed.
         self._lock = self._condition = _NO_LOCK
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from typing import TYPE_CHECKING
 
-from .uwsgi_server import free_port
+from .uwsgi_server import free_port, wait_for_answer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -42,19 +40,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer within {timeout} s")
+        wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis-server")
 
     def kill(self) -> None:
         """Kill it at once (SIGKILL), as a crash would."""

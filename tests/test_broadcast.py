@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -205,12 +204,8 @@ def test_per_sender_order_with_two_senders_at_once(
     a.join("order")
     b.join("order")
     c.join("order")
-    a.command(flood=300, prefix="a", room="order")
-    flood = threading.Thread(
-        target=server.http, args=("/flood",), kwargs={"count": 300, "prefix": "h", "room": "order"}
-    )
-    flood.start()
-    flood.join()
+    a.command(flood=300, prefix="a", room="order")  # in a's handler, while
+    server.http("/flood", count=300, prefix="h", room="order")  # an HTTP view does the same
     for member in members:
         got: dict[str, list[int]] = {"a": [], "h": []}
         for _ in range(600):

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -33,6 +33,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_answer(
+    process: subprocess.Popen[Any],
+    port: int,
+    request: bytes,
+    answer: bytes,
+    timeout: float,
+    name: str,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until ``process`` (called ``name`` in errors) answers ``request`` on ``port``
+    with ``answer`` first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(request)
+                if sock.recv(64).startswith(answer):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not answer within {timeout} s:\n{output()}")
 
 
 class ServerProcess:
@@ -61,20 +87,8 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the app answers HTTP (so the worker has loaded it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                status = self.process.returncode
-                raise RuntimeError(f"uWSGI exited with {status}:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"uWSGI did not answer within {timeout} s:\n{self.output()}")
+        request = b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        wait_for_answer(self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output)
 
     def output(self) -> str:
         """What the server has logged so far."""
