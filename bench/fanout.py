@@ -1,0 +1,585 @@
+"""Fan-out benchmark: one message to every connection of a room, on one gevent worker.
+
+    .venv/bin/python bench/fanout.py [--conns 1000,5000] [--sizes 64,4096] [--rounds 20]
+                                     [--brokers local,redis] [--json out.json]
+
+For each broker (``local``: in-process; ``redis``: a redis-server of its own), the app
+bench/fanout_app.py runs under ``uwsgi --master --workers 1 --gevent N --http-socket``
+pinned to one CPU. This process, pinned to another, is the client (picows on uvloop):
+it opens the connections (each joins the room), then for every round and message size
+records ``t0`` just before it sends ``GET /broadcast`` (``websocket.broadcast`` to the
+room) and the time each connection has the whole message. It reports the median, p90 and
+max over the rounds of ``first - t0`` and ``last - t0``, the time the worker spent
+delivering (its ``time.monotonic()``, the same clock), and the client's CPU time per
+round. On the in-process server, two other ways to send the same message take turns
+with the broadcast, so that their ratios come from the same run: ``naive``, a loop of
+``ws.send``, one call per connection (each frames the message again), and ``raw``, a loop
+of bare ``os.write`` of one frame to each socket (the floor: the system calls alone).
+Every connection must get every message exactly once: otherwise the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvloop
+from echo import HOST, STARTUP_TIMEOUT, csv_list, free_port, http_probe, log_trouble, stop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+from tests.redis_server import RedisServer  # noqa: E402
+
+#: Connections opened at the same time.
+CONNECT_BATCH = 200
+#: Seconds to wait for all connections to be in the room.
+JOIN_TIMEOUT = 60.0
+#: Seconds a round may take before its missing messages count as lost.
+ROUND_TIMEOUT = 10.0
+#: Seconds between rounds.
+GAP = 0.05
+#: Seconds between opening the trigger's HTTP connection and sending the request.
+SETTLE = 0.005
+#: Client CPU time over a round's time above which the client may be what limits "last".
+BUSY_CLIENT = 0.9
+#: Rounds run first and left out of the figures.
+WARMUP = 2
+CLOSE_TIMEOUT = 5.0
+#: --gevent: the largest connection count plus this many (for the HTTP requests).
+GREENLET_SPARE = 100
+#: How the message is sent: the app's view of each name (see bench/fanout_app.py).
+METHODS = ("broadcast", "naive", "raw")
+#: Message size up to which one os.write to an idle loopback socket takes it all.
+RAW_LIMIT = 65536
+_seq = struct.Struct("!Q")
+
+
+# The client.
+
+
+@dataclass
+class Round:
+    """One message sent to every connection: what arrived, and when."""
+
+    seq: int
+    method: str  # "broadcast", "naive" or "raw"
+    size: int
+    expected: int
+    t0: float = 0.0
+    cpu0: float = 0.0
+    arrivals: list[float] = field(default_factory=list)
+    cpu_last: float = 0.0  # client process CPU time when the last one arrived
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    server: dict[str, float] = field(default_factory=dict)
+
+
+class Tracker:
+    """The rounds in progress and the anomalies seen by any connection."""
+
+    def __init__(self) -> None:
+        """No rounds yet."""
+        self.rounds: dict[int, Round] = {}
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.duplicates = 0
+        self.strays = 0
+        self.close_codes: dict[int, int] = {}
+
+    def error(self, message: str) -> None:
+        """Count an anomaly; keep the first few messages."""
+        self.error_count += 1
+        if len(self.errors) < 20:
+            self.errors.append(message)
+
+
+class Receiver(WSListener):
+    """A connection that only receives: notes each message's arrival in its round."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        """Report to ``tracker``."""
+        self.tracker = tracker
+        self.transport: WSTransport | None = None
+        self.seen: set[int] = set()
+        self.closed_by_server = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """Remember the transport."""
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """Match a message to its round by its first 8 bytes; check size and uniqueness."""
+        now = time.monotonic()
+        tracker = self.tracker
+        if frame.msg_type != WSMsgType.BINARY:
+            if frame.msg_type == WSMsgType.CLOSE:
+                try:
+                    code = int(frame.get_close_code().value)
+                except ValueError:  # a code picows does not name
+                    code = -1
+                if not transport.is_close_frame_sent:
+                    self.closed_by_server = True
+                    tracker.close_codes[code] = tracker.close_codes.get(code, 0) + 1
+                    tracker.error(f"server closed a connection: {code}")
+                transport.disconnect()
+            elif frame.msg_type not in (WSMsgType.PING, WSMsgType.PONG):
+                tracker.error(f"unexpected frame {frame.msg_type}")
+            return
+        if not frame.fin or frame.payload_size < _seq.size:
+            tracker.error(f"fragment or short frame ({frame.payload_size} B)")
+            return
+        (seq,) = _seq.unpack_from(frame.get_payload_as_memoryview())
+        round_ = tracker.rounds.get(seq)
+        if round_ is None:
+            tracker.strays += 1
+            tracker.error(f"message of no round: {seq}")
+            return
+        if seq in self.seen:
+            tracker.duplicates += 1
+            tracker.error(f"duplicate of round {seq}")
+            return
+        self.seen.add(seq)
+        if frame.payload_size != round_.size:
+            tracker.error(f"round {seq}: {frame.payload_size} B, sent {round_.size}")
+        round_.arrivals.append(now)
+        if len(round_.arrivals) == round_.expected:
+            round_.cpu_last = time.process_time()
+            round_.done.set()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        """Note a disconnect the client did not ask for."""
+        if not transport.is_close_frame_sent and not self.closed_by_server:
+            self.tracker.error("a connection was lost")
+
+
+async def http_get(port: int, path: str) -> bytes:
+    """GET ``path`` (HTTP/1.0) and return the body; an error for any status but 200."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise RuntimeError(f"GET {path}: {head[:80]!r}")
+    return body
+
+
+class Client:
+    """The receiving connections, and the rounds run over them."""
+
+    def __init__(self, port: int) -> None:
+        """Talk to the app on ``port``."""
+        self.port = port
+        self.url = f"ws://{HOST}:{port}/fanout"
+        self.tracker = Tracker()
+        self.receivers: list[Receiver] = []
+        self.next_seq = 0
+
+    async def grow(self, count: int) -> float:
+        """Open connections until there are ``count``, all in the room; return seconds taken."""
+        start = time.monotonic()
+        while len(self.receivers) < count:
+            batch = min(CONNECT_BATCH, count - len(self.receivers))
+            opened = await asyncio.gather(
+                *(ws_connect(lambda: Receiver(self.tracker), self.url) for _ in range(batch)),
+                return_exceptions=True,
+            )
+            for result in opened:
+                if isinstance(result, BaseException):
+                    raise RuntimeError(f"could not connect: {result!r}")
+                listener = result[1]
+                assert isinstance(listener, Receiver)
+                self.receivers.append(listener)
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while int(await http_get(self.port, "/count")) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all {count} connections joined within {JOIN_TIMEOUT} s")
+            await asyncio.sleep(0.1)
+        return time.monotonic() - start
+
+    async def round(self, method: str, size: int) -> Round:
+        """Send one message to every connection through ``method``; wait for all of it."""
+        seq = self.next_seq
+        self.next_seq += 1
+        round_ = Round(seq, method, size, len(self.receivers))
+        self.tracker.rounds[seq] = round_
+        reader, writer = await asyncio.open_connection(HOST, self.port)
+        try:
+            await asyncio.sleep(SETTLE)  # the worker accepts it and waits for the request
+            request = f"GET /{method}?size={size}&seq={seq} HTTP/1.0\r\nHost: {HOST}\r\n\r\n"
+            round_.cpu0 = time.process_time()
+            round_.t0 = time.monotonic()
+            writer.write(request.encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(round_.done.wait(), ROUND_TIMEOUT)
+            answer = await asyncio.wait_for(reader.read(), ROUND_TIMEOUT)
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.0 200"):
+            raise RuntimeError(f"GET /{method}: {head[:80]!r}")
+        view = json.loads(body)
+        round_.server = {"view_start": view["start"], "view_end": view["end"]}
+        return round_
+
+    async def server_timings(self, rounds: list[Round]) -> None:
+        """Add the worker's delivery start and end to each of ``rounds``."""
+        timings = json.loads(await http_get(self.port, "/timings"))
+        for round_ in rounds:
+            start_end = timings.get(str(round_.seq))
+            if start_end is not None:
+                round_.server["deliver_start"], round_.server["deliver_end"] = start_end
+
+    async def close(self) -> None:
+        """Close handshake on every connection; wait (bounded) for the server to hang up."""
+        transports = [r.transport for r in self.receivers if r.transport is not None]
+        for transport in transports:
+            if not transport.is_disconnected:
+                transport.send_close()
+        waits = (t.wait_disconnected() for t in transports)  # raise on protocol errors
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_TIMEOUT)
+        for transport in transports:
+            transport.disconnect(graceful=False)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` percentile (0 < q <= 1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def summarize(rounds: list[Round]) -> dict[str, Any]:
+    """Figures of the rounds of one cell, in milliseconds (CPU share as a fraction)."""
+    complete = [r for r in rounds if len(r.arrivals) == r.expected]
+    cell: dict[str, Any] = {"rounds": len(rounds), "complete_rounds": len(complete)}
+    if not complete:
+        return cell
+    series = {
+        "first": [(min(r.arrivals) - r.t0) * 1e3 for r in complete],
+        "last": [(max(r.arrivals) - r.t0) * 1e3 for r in complete],
+    }
+    for name, values in series.items():
+        cell[name] = {
+            "p50": statistics.median(values),
+            "p90": percentile(values, 0.9),
+            "max": max(values),
+        }
+    cell["per_round"] = series
+    timed = [r for r in complete if "deliver_end" in r.server]
+    if timed:
+        cell["server_start"] = statistics.median(
+            (r.server["deliver_start"] - r.t0) * 1e3 for r in timed
+        )
+        cell["server_done"] = statistics.median(
+            (r.server["deliver_end"] - r.t0) * 1e3 for r in timed
+        )
+        loop = statistics.median(
+            (r.server["deliver_end"] - r.server["deliver_start"]) * 1e3 for r in timed
+        )
+        cell["server_loop"] = loop
+        cell["us_per_recipient"] = loop * 1e3 / complete[0].expected
+    cell["client_cpu_share"] = statistics.median(
+        (r.cpu_last - r.cpu0) / (max(r.arrivals) - r.t0) for r in complete
+    )
+    return cell
+
+
+async def run_client(
+    port: int, broker: str, conn_counts: list[int], sizes: list[int], rounds: int,
+    methods: list[str], results: list[dict[str, Any]], notes: list[str], failures: list[str],
+) -> None:  # fmt: skip
+    """Every connection count, size and method on the server at ``port``; append results,
+    and every message lost, duplicated or unexpected, and every closed connection, to
+    ``failures``."""
+    client = Client(port)
+    try:
+        for count in sorted(conn_counts):
+            took = await client.grow(count)
+            print(f"{broker}: {count} connections in the room ({took:.1f} s)", flush=True)
+            done: dict[tuple[str, int], list[Round]] = {}
+            for index in range(WARMUP + rounds):
+                for size in sizes:
+                    for method in methods:  # the methods take turns: same conditions
+                        round_ = await client.round(method, size)
+                        if index >= WARMUP:
+                            done.setdefault((method, size), []).append(round_)
+                        if len(round_.arrivals) != round_.expected:
+                            failures.append(
+                                f"{broker} {method} {count} x {size} B round {round_.seq}: "
+                                f"{len(round_.arrivals)} of {round_.expected} arrived"
+                            )
+                        await asyncio.sleep(GAP)
+            await asyncio.sleep(0.5)  # late duplicates would arrive by now
+            await client.server_timings([r for rs in done.values() for r in rs])
+            for (method, size), cell_rounds in done.items():
+                cell: dict[str, Any] = {"broker": broker, "method": method}
+                cell |= {"conns": count, "size": size}
+                cell |= summarize(cell_rounds)
+                results.append(cell)
+                last = cell.get("last", {}).get("p50")
+                shown = f"last p50 {last:.2f} ms" if last is not None else "INCOMPLETE"
+                print(f"  {method:<9} {size:>5} B: {shown}", flush=True)
+                if (share := cell.get("client_cpu_share", 0.0)) > BUSY_CLIENT:
+                    notes.append(
+                        f"{broker} {method} {count} x {size} B: the client was busy {share:.0%} "
+                        f"of the round, so 'last' is partly the client's time"
+                    )
+    finally:
+        tracker = client.tracker
+        if tracker.duplicates or tracker.strays:
+            failures.append(f"{broker}: {tracker.duplicates} duplicates, {tracker.strays} strays")
+        if tracker.close_codes:
+            failures.append(f"{broker}: connections closed by the server: {tracker.close_codes}")
+        failures.extend(f"{broker}: {error}" for error in tracker.errors)
+        if tracker.error_count > len(tracker.errors):
+            failures.append(f"{broker}: {tracker.error_count} anomalies in all")
+        await client.close()
+
+
+# The servers.
+
+
+def pin_all_threads(pid: int, cpu: int) -> None:
+    """Pin every thread of process ``pid`` to ``cpu``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
+@contextlib.contextmanager
+def redis_server(cpu: int | None) -> Iterator[str]:
+    """A redis-server of its own, pinned to ``cpu``; yield its URL."""
+    server = RedisServer()
+    try:
+        server.start()
+        assert server.process is not None
+        if cpu is not None:
+            pin_all_threads(server.process.pid, cpu)
+        yield server.url
+    finally:
+        server.stop()
+        server.dir.cleanup()
+
+
+@contextlib.contextmanager
+def uwsgi(
+    broker_url: str | None, greenlets: int, cpu: int | None, log: Path, notes: list[str]
+) -> Iterator[int]:
+    """Run bench/fanout_app.py under uWSGI with one gevent worker; yield its port."""
+    port = free_port()
+    cmd = [
+        str(Path(sys.prefix) / "bin" / "uwsgi"),
+        "--master", "--workers", "1", "--gevent", str(greenlets),
+        "--http-socket", f"{HOST}:{port}", "--listen", "4096",
+        "--virtualenv", sys.prefix, "--pythonpath", str(ROOT), "--chdir", str(ROOT),
+        "--need-app", "--disable-logging",
+        "--wsgi-file", str(BENCH / "fanout_app.py"), "--callable", "app",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env.pop("FLASK_WEBSOCKET_BROKER_URL", None)
+    if broker_url is not None:
+        env["FLASK_WEBSOCKET_BROKER_URL"] = broker_url
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
+            env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not http_probe(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uWSGI did not come up; see {log}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        if (sigints := stop(proc)) > 1:
+            notes.append(f"{log.name}: uWSGI needed {sigints} SIGINTs to stop (>3: SIGKILL)")
+
+
+# The report.
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds with two decimals, or a dash."""
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The results as a markdown table, then the ratios of the other methods to broadcast."""
+    rows = [
+        "| broker | method | conns | size | first p50 | first p90 | first max "
+        "| last p50 | last p90 | last max | worker start | worker done | us/recipient "
+        "| client CPU |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        first, last = r.get("first", {}), r.get("last", {})
+        share = r.get("client_cpu_share")
+        per = r.get("us_per_recipient")
+        rows.append(
+            f"| {r['broker']} | {r['method']} | {r['conns']:,} | {r['size']:,} "
+            f"| {ms(first.get('p50'))} | {ms(first.get('p90'))} | {ms(first.get('max'))} "
+            f"| {ms(last.get('p50'))} | {ms(last.get('p90'))} | {ms(last.get('max'))} "
+            f"| {ms(r.get('server_start'))} | {ms(r.get('server_done'))} "
+            f"| {'-' if per is None else f'{per:.1f}'} "
+            f"| {'-' if share is None else f'{share:.0%}'} |"
+        )
+    by_key = {(r["broker"], r["method"], r["conns"], r["size"]): r for r in results}
+    ratios = []
+    for (broker, method, conns, size), other in by_key.items():
+        bcast = by_key.get((broker, "broadcast", conns, size))
+        if method == "broadcast" or bcast is None:
+            continue
+        cells = []
+        for a, b in (
+            (other.get("last", {}).get("p50"), bcast.get("last", {}).get("p50")),
+            (other.get("server_loop"), bcast.get("server_loop")),
+        ):
+            cells.append(f"{a / b:.2f}" if a and b else "-")
+        ratios.append(f"| {method}/broadcast | {conns:,} | {size:,} | {cells[0]} | {cells[1]} |")
+    if ratios:
+        rows += [
+            "",
+            "| ratio | conns | size | last p50 | worker loop |",
+            "|---|--:|--:|--:|--:|",
+            *ratios,
+        ]
+    return "\n".join(rows)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    uwsgi_binary = Path(sys.prefix) / "bin" / "uwsgi"
+    version = subprocess.run(
+        [str(uwsgi_binary), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "uwsgi": version,
+    }
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    """Run every broker x connection count x size; print the table, save JSON if asked."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conns", default="1000,5000", help="connection counts")
+    parser.add_argument("--sizes", default="64,4096", help="message sizes in bytes (>= 8)")
+    parser.add_argument("--rounds", type=int, default=20, help="measured rounds per cell")
+    parser.add_argument("--brokers", default="local,redis", help="of local, redis")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="of broadcast, naive, raw (the last two on the local broker's server only)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--server-cpu", type=int, default=0, help="uWSGI and redis-server")
+    parser.add_argument("--client-cpu", type=int, default=1)
+    args = parser.parse_args()
+    conn_counts: list[int] = csv_list(int, args.conns)
+    sizes: list[int] = csv_list(int, args.sizes)
+    brokers: list[str] = csv_list(str, args.brokers)
+    methods: list[str] = csv_list(str, args.methods)
+    if unknown := set(methods) - set(METHODS):
+        parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+    if unknown := set(brokers) - {"local", "redis"}:
+        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
+    if any(size < _seq.size for size in sizes):
+        parser.error(f"a message carries its round number: at least {_seq.size} bytes")
+    if "raw" in methods and max(sizes) > RAW_LIMIT:
+        parser.error(f"raw writes bypass the connections' buffers: sizes up to {RAW_LIMIT}")
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = args.server_cpu, args.client_cpu
+    if not {server_cpu, client_cpu} <= set(cpus) or server_cpu == client_cpu:
+        print(f"warning: CPUs {server_cpu}/{client_cpu} not usable (have {cpus}); not pinning")
+        server_cpu = client_cpu = None
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up on kill as on Ctrl-C
+
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    failures: list[str] = []
+    greenlets = max(conn_counts) + GREENLET_SPARE
+    logdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
+    try:
+        for broker in brokers:
+            log = logdir / f"{broker}.log"
+            served = methods if broker == "local" else [m for m in methods if m == "broadcast"]
+            try:
+                with contextlib.ExitStack() as stack:
+                    url = None
+                    if broker == "redis":
+                        url = stack.enter_context(redis_server(server_cpu))
+                    port = stack.enter_context(uwsgi(url, greenlets, server_cpu, log, notes))
+                    uvloop.run(
+                        run_client(
+                            port, broker, conn_counts, sizes, args.rounds, served, results,
+                            notes, failures,
+                        )
+                    )  # fmt: skip
+            except (RuntimeError, OSError) as exc:
+                failures.append(f"{broker}: {exc}")
+                print(f"{broker}: {exc}")
+            if log.exists() and (trouble := log_trouble(log)):
+                notes.append(f"{log.name}: " + " | ".join(trouble))
+    except KeyboardInterrupt:
+        failures.append("interrupted: the results are incomplete")
+    print()
+    print(table(results))
+    for note in notes:
+        print("note:", note)
+    for failure in failures:
+        print("FAILED:", failure)
+    print(f"uWSGI logs: {logdir}")
+    if args.json:
+        meta = {"rounds": args.rounds, "warmup": WARMUP, "greenlets": greenlets}
+        meta |= {"server_cpu": server_cpu, "client_cpu": client_cpu, **machine()}
+        report = {"meta": meta, "results": results, "notes": notes, "failures": failures}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    cells = len(conn_counts) * len(sizes)
+    expected = cells * sum(
+        len(methods) if broker == "local" else int("broadcast" in methods) for broker in brokers
+    )
+    complete = len(results) == expected and all(
+        r["complete_rounds"] == r["rounds"] for r in results
+    )
+    return 0 if complete and not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
