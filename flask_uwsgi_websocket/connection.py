@@ -603,7 +603,8 @@ class Connection:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
     def _deliver(self, frame: bytes) -> None:
-        """Queue a broadcast's ``frame``; close with 1013 when over ``max_send_buffer``."""
+        """Queue a broadcast's ``frame``, or close with 1013 when the output already waiting
+        and the frame would be over ``max_send_buffer``."""
         with self._lock:
             if self.protocol.state is not OPEN:
                 return
