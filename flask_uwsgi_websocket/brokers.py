@@ -25,8 +25,9 @@ connections: the outage is logged once, the subscriber reconnects with
 exponential backoff (:data:`FIRST_RETRY` doubling to :data:`LAST_RETRY`
 seconds), and delivery resumes once it has subscribed again, which is logged
 with the outage's length and the number of broadcasts dropped. Redis pub/sub
-keeps nothing: broadcasts made while the broker is down, or published while a
-subscriber is away, are lost for the connections that subscriber serves.
+keeps nothing: broadcasts made while the broker is down, or still waiting to be
+published when the outage is noticed, are dropped (not sent late), and those
+published while a subscriber is away are lost for the connections it serves.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class RedisBroker:
         self._pid: int | None = None  # the process the threads run in
         self._subscribed = threading.Event()
         self._down_since: float | None = None
+        self._outages = 0  # counted, so that the publisher sees one it slept through
         self._dropped = 0
         self._overflow_logged = False
 
@@ -183,8 +185,13 @@ class RedisBroker:
                 self._pending_bytes -= sum(map(len, batch))
                 if not self._pending:
                     self._overflow_logged = False
+                outages = self._outages
             # Not before this process has subscribed: its own connections would miss it.
             self._subscribed.wait(LAST_RETRY + CONNECT_TIMEOUT)
+            if self._outages != outages:  # made before an outage: dropped, not sent late
+                with self._lock:
+                    self._dropped += len(batch)
+                continue
             try:
                 pipe = client.pipeline(transaction=False)
                 for data in batch:
@@ -263,6 +270,7 @@ class RedisBroker:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
+            self._outages += 1
             self._dropped += len(self._pending)  # dropped, rather than sent late
             self._pending.clear()
             self._pending_bytes = 0
