@@ -127,16 +127,42 @@ def uwsgi(
         "--need-app", "--disable-logging",
         *mode_args, *server.app_args, *extra,
     ]  # fmt: skip
+    with run_pinned(cmd, port, cpu, log, notes, f"{server.name}, {mode}") as port:
+        yield port
+
+
+def usable_cpus(server_cpu: int, client_cpu: int) -> tuple[int | None, int | None]:
+    """The two CPUs to pin server and client to, or ``(None, None)`` when they cannot be."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not {server_cpu, client_cpu} <= set(cpus) or server_cpu == client_cpu:
+        print(f"warning: CPUs {server_cpu}/{client_cpu} not usable (have {cpus}); not pinning")
+        return None, None
+    return server_cpu, client_cpu
+
+
+@contextlib.contextmanager
+def run_pinned(
+    cmd: list[str],
+    port: int,
+    cpu: int | None,
+    log: Path,
+    notes: list[str],
+    what: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[int]:
+    """Run uWSGI's ``cmd`` on CPU ``cpu``, logging to ``log``; yield ``port`` once it
+    answers HTTP; stop it (SIGINT, in its own session) on the way out."""
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True
-        )
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
+            env=env,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not http_probe(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uWSGI did not come up ({server.name}, {mode}); see {log}")
+                raise RuntimeError(f"uWSGI did not come up ({what}); see {log}")
             time.sleep(0.1)
         yield port
     finally:
@@ -215,11 +241,7 @@ def main() -> int:
     servers = [s for s in SERVERS if s.name in csv_list(str, args.servers)]
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = args.server_cpu, args.client_cpu
-    if not {server_cpu, client_cpu} <= set(cpus) or server_cpu == client_cpu:
-        print(f"warning: CPUs {server_cpu}/{client_cpu} not usable (have {cpus}); not pinning")
-        server_cpu = client_cpu = None
+    server_cpu, client_cpu = usable_cpus(args.server_cpu, args.client_cpu)
 
     cells: dict[tuple[str, int, int], dict[str, Any]] = {}
     notes: list[str] = []

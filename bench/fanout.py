@@ -41,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 import uvloop
-from echo import HOST, STARTUP_TIMEOUT, csv_list, free_port, http_probe, log_trouble, stop
+from echo import HOST, csv_list, free_port, log_trouble, run_pinned, usable_cpus
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 BENCH = Path(__file__).resolve().parent
@@ -400,22 +400,8 @@ def uwsgi(
     env.pop("FLASK_WEBSOCKET_BROKER_URL", None)
     if broker_url is not None:
         env["FLASK_WEBSOCKET_BROKER_URL"] = broker_url
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
-            env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not http_probe(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uWSGI did not come up; see {log}")
-            time.sleep(0.1)
+    with run_pinned(cmd, port, cpu, log, notes, "fanout_app", env) as port:
         yield port
-    finally:
-        if (sigints := stop(proc)) > 1:
-            notes.append(f"{log.name}: uWSGI needed {sigints} SIGINTs to stop (>3: SIGKILL)")
 
 
 # The report.
@@ -522,11 +508,7 @@ def main() -> int:
         parser.error(f"a message carries its round number: at least {_seq.size} bytes")
     if "raw" in methods and max(sizes) > RAW_LIMIT:
         parser.error(f"raw writes bypass the connections' buffers: sizes up to {RAW_LIMIT}")
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = args.server_cpu, args.client_cpu
-    if not {server_cpu, client_cpu} <= set(cpus) or server_cpu == client_cpu:
-        print(f"warning: CPUs {server_cpu}/{client_cpu} not usable (have {cpus}); not pinning")
-        server_cpu = client_cpu = None
+    server_cpu, client_cpu = usable_cpus(args.server_cpu, args.client_cpu)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up on kill as on Ctrl-C
