@@ -37,6 +37,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .rooms import Broadcast, Rooms
@@ -205,10 +206,10 @@ class RedisBroker:
 
     def _wait_until_back(self, client: redis.Redis) -> None:
         """Ping with backoff until Redis answers (or the subscriber is back first)."""
-        delay = FIRST_RETRY
-        while self._down_since is not None:
+        for delay in backoff():
+            if self._down_since is None:
+                return
             time.sleep(delay)
-            delay = min(delay * 2, LAST_RETRY)
             try:
                 client.ping()
             except Exception:  # still down
@@ -218,7 +219,7 @@ class RedisBroker:
     # The subscriber thread.
 
     def _subscribe_forever(self) -> None:
-        delay = FIRST_RETRY
+        delays = backoff()
         while True:
             pubsub = None
             try:
@@ -227,7 +228,7 @@ class RedisBroker:
                 pubsub.get_message(timeout=CONNECT_TIMEOUT)  # the subscription's confirmation
                 self._subscribed.set()
                 self._came_back()
-                delay = FIRST_RETRY
+                delays = backoff()
                 for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._receive(message["data"])
@@ -240,8 +241,7 @@ class RedisBroker:
                         pubsub.close()
                     except Exception:  # already broken
                         pass
-            time.sleep(delay)
-            delay = min(delay * 2, LAST_RETRY)
+            time.sleep(next(delays))
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -288,6 +288,15 @@ class RedisBroker:
                 "Redis broker %s is back after %.1f s; %d broadcast(s) made here were dropped",
                 self._safe_url(), time.monotonic() - since, dropped,
             )  # fmt: skip
+
+
+def backoff() -> Iterator[float]:
+    """Seconds to wait before each reconnection attempt: :data:`FIRST_RETRY`, doubling
+    up to :data:`LAST_RETRY`."""
+    delay = FIRST_RETRY
+    while True:
+        yield delay
+        delay = min(delay * 2, LAST_RETRY)
 
 
 def start_in_each_worker(broker: Broker) -> None:

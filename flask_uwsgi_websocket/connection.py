@@ -193,10 +193,8 @@ class Connection:
         self._close_timer: Timer | None = None
         self._failed = False
         self._registry = rooms  # the app's connections in this process
-        self._joined: set[str] = set()  # replaced, never changed in place
+        self._joined: frozenset[str] = frozenset()  # changed by the registry, under its lock
         self.reactor: Reactor = self._make_reactor()
-        #: Calls a function where the connection's callbacks run (see ``_make_caller``).
-        self._call_in_loop = self._make_caller()
 
     # Flavour hooks.
 
@@ -258,7 +256,7 @@ class Connection:
     @property
     def rooms(self) -> frozenset[str]:
         """The rooms this connection is in (see ``join``)."""
-        return frozenset(self._joined)
+        return self._joined
 
     def _rooms(self) -> Rooms:
         if self._registry is None:

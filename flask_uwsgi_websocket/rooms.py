@@ -132,19 +132,14 @@ class Rooms:
         with self._lock:
             self._all.add(connection)
             if self._call is None:
-                self._call = connection._call_in_loop
+                self._call = connection._make_caller()
 
     def remove(self, connection: Connection) -> None:
         """Forget ``connection`` and take it out of every room."""
         with self._lock:
             self._all.discard(connection)
             for room in connection._joined:
-                members = self._rooms.get(room)
-                if members is not None:
-                    members.discard(connection)
-                    if not members:
-                        del self._rooms[room]
-            connection._joined = set()
+                self._take_out(connection, room)
 
     def join(self, connection: Connection, room: str) -> None:
         """Put ``connection`` in ``room``."""
@@ -152,18 +147,22 @@ class Rooms:
         with self._lock:
             if connection in self._all:
                 self._rooms.setdefault(room, set()).add(connection)
-                connection._joined = connection._joined | {room}
+                connection._joined |= {room}
 
     def leave(self, connection: Connection, room: str) -> None:
         """Take ``connection`` out of ``room``; nothing happens if it is not in."""
         check_room(room)
         with self._lock:
-            members = self._rooms.get(room)
-            if members is not None and connection in members:
-                members.discard(connection)
-                if not members:
-                    del self._rooms[room]
-            connection._joined = connection._joined - {room}
+            self._take_out(connection, room)
+
+    def _take_out(self, connection: Connection, room: str) -> None:
+        """Take ``connection`` out of ``room``, which goes when empty; with the lock held."""
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._rooms[room]
+        connection._joined -= {room}
 
     def count(self, room: str | None = None) -> int:
         """How many connections of this process are in ``room`` (``None``: in all)."""

@@ -96,7 +96,7 @@ def accept(
     view_args = request.view_args
     client_class = websocket.middleware_class.client_class
     broker = websocket.broker(app)
-    broker.start()
+    broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
 
     def serve() -> Iterator[bytes]:
         error: BaseException | None = None

@@ -23,6 +23,7 @@ from flask_uwsgi_websocket.rooms import Broadcast
 
 from .raw import CLOSE, TEXT, RawClient, frame
 from .redis_server import RedisServer
+from .test_connection import wait_for
 from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer, free_port
 
 FLAVOURS = ("plain", "gevent", "asyncio")
@@ -220,9 +221,9 @@ def test_connections_leave_their_rooms_when_they_end(server: RoomsServer) -> Non
         member.join("bye")
     assert server.http("/count", room="bye") == "2"
     leaving[0].close()
-    wait_until(lambda: server.http("/count", room="bye") == "1")
+    wait_for(lambda: server.http("/count", room="bye") == "1", timeout=15)
     leaving[1].ws.close(1001)
-    wait_until(lambda: server.http("/count", room="bye") == "0")
+    wait_for(lambda: server.http("/count", room="bye") == "0", timeout=15)
     server.http("/broadcast", message="nobody", room="bye")  # an empty room is fine
 
 
@@ -325,7 +326,7 @@ def test_redis_killed_and_restarted(redis: RedisServer) -> None:
             server.http("/broadcast", message="before", room="r")
             assert a.recv() == b.recv() == "before"
             outage.kill()
-            wait_until(lambda: "unreachable" in server.output())
+            wait_for(lambda: "unreachable" in server.output(), timeout=15)
             for n in range(20):  # while down: dropped, and nothing waits or fails
                 server.http("/broadcast", message=f"lost-{n}", room="r")
             a.command(echo="served while Redis is down")
@@ -359,7 +360,7 @@ def test_redis_down_at_start_up() -> None:
             server.http("/broadcast", message="lost", room="r")
             a.command(echo="served")
             assert json.loads(a.recv())["echo"] == "served"
-            wait_until(lambda: "unreachable" in server.output())
+            wait_for(lambda: "unreachable" in server.output(), timeout=15)
             late.start()
             wait_for_delivery(server, a)
             a.command(broadcast="resumed", room="r")
@@ -372,7 +373,7 @@ def test_redis_down_at_start_up() -> None:
 
 def test_in_process_broker_warns_once_with_several_workers() -> None:
     with RoomsServer("gevent", extra_args=("--processes", "3")) as server:
-        wait_until(lambda: server.output().count("spawned uWSGI worker") == 3)
+        wait_for(lambda: server.output().count("spawned uWSGI worker") == 3, timeout=15)
         # A worker that gets SIGINT before it has set its signal handlers dies with a
         # KeyboardInterrupt, and uWSGI's master waits for it: let them start.
         time.sleep(1)
@@ -455,13 +456,6 @@ def test_broadcast_needs_to_know_the_app() -> None:
 
 
 # Helpers.
-
-
-def wait_until(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def wait_for_delivery(server: RoomsServer, member: Member, timeout: float = 15.0) -> None:
