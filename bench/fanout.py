@@ -47,7 +47,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.helpers import RedisServer  # noqa: E402
 
 #: Connections opened at the same time.
 CONNECT_BATCH = 200

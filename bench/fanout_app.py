@@ -27,8 +27,8 @@ from typing import Any
 from flask import Flask, request
 
 from flask_uwsgi_websocket import ConnectionClosed, GeventWebSocket
-from flask_uwsgi_websocket.connection import frame_header
-from flask_uwsgi_websocket.rooms import Broadcast
+from flask_uwsgi_websocket.broadcast.message import Broadcast
+from flask_uwsgi_websocket.core.framing import frame_header
 
 ROOM = "fanout"
 _seq = struct.Struct("!Q")

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.uwsgi_server import FLAVOUR_ARGS, UwsgiServer
+from tests.helpers import FLAVOUR_ARGS, UwsgiServer
 
 #: Client settings: name -> ``connect`` keyword arguments.
 CLIENTS: dict[str, dict[str, Any]] = {

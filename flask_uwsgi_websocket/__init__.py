@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .blueprints import WebSocketBlueprint
-from .client import WebSocketClient
-from .exceptions import ConnectionClosed, WebSocketError
-from .extension import WebSocket
-from .middleware import WebSocketMiddleware
-from .options import Options
+from .core.options import Options
+from .exceptions import ConnectionClosed, HandshakeError, WebSocketError
+from .flask.blueprints import WebSocketBlueprint
+from .flask.middleware import WebSocketMiddleware
+from .threads import WebSocket, WebSocketClient
 
 if TYPE_CHECKING:
     from .asyncio import AsyncioWebSocket, AsyncioWebSocketClient, AsyncioWebSocketMiddleware
@@ -31,6 +30,7 @@ __all__ = [
     "GeventWebSocket",
     "GeventWebSocketClient",
     "GeventWebSocketMiddleware",
+    "HandshakeError",
     "Options",
     "WebSocket",
     "WebSocketBlueprint",

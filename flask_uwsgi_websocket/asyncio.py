@@ -19,22 +19,24 @@ import asyncio
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import greenlet
 
-from .connection import Connection, Message, Reactor, Timer, in_this_thread, logger, sharedarea_read
+from . import uwsgi_api
+from .client import DEFAULT, Client, receiving
+from .core.framing import Message
+from .core.reactor import Reactor, Timer, in_this_thread
 from .exceptions import ConnectionClosed, WebSocketError
-from .extension import WebSocket
-from .middleware import WebSocketMiddleware
+from .flask.extension import WebSocketExtension
+from .flask.middleware import WebSocketMiddleware
+from .flask.serving import ErrorHandlers, outcome_async
 
 if TYPE_CHECKING:
     from flask import Flask
 
 
 __all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
-
-_DEFAULT: Any = object()
 
 
 class AsyncioReactor:
@@ -43,6 +45,8 @@ class AsyncioReactor:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         self.fd = fd
         self.loop = loop
+        #: Call a function in the loop's thread, from any thread.
+        self.call_soon_threadsafe = in_this_thread(loop.call_soon_threadsafe)
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` from the loop whenever the socket is readable."""
@@ -68,7 +72,7 @@ class AsyncioReactor:
         self.loop.remove_writer(self.fd)
 
 
-class AsyncioWebSocketClient(Connection):
+class AsyncioWebSocketClient(Client):
     """A WebSocket connection in the asyncio flavour: the same API, with coroutines.
 
     ``receive``, ``send``, ``send_binary``, ``ping`` and ``close`` are coroutines;
@@ -76,24 +80,19 @@ class AsyncioWebSocketClient(Connection):
     the connection closes. ``a_recv`` and ``a_send`` are the 0.6.1 names.
     """
 
-    def _prepare(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.get_event_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
+        super().__init__(*args, **kwargs)
 
     # The asyncio flavour's waiting.
 
-    def _make_reactor(self) -> Reactor:
-        return AsyncioReactor(self.fd, self._loop)
+    def _make_reactor(self, fd: int) -> Reactor:
+        return AsyncioReactor(fd, self._loop)
 
-    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
-        return in_this_thread(self._loop.call_soon_threadsafe)
-
-    def _wait(self, timeout: float | None) -> None:
-        raise RuntimeError("the asyncio flavour waits with _wait_async()")
-
-    async def _wait_async(self, timeout: float | None) -> None:
+    async def _wait(self, timeout: float | None) -> None:
         future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(future)
         mine = self._task is not None and asyncio.current_task() is self._task
@@ -114,7 +113,7 @@ class AsyncioWebSocketClient(Connection):
         waiters, self._waiters = self._waiters, []
         for future in waiters:
             _resolve(future)
-        if self._task is not None and not self.connected:
+        if self._task is not None and not self.connection.connected:
             self._loop.call_soon(self._stop_handler)
 
     def _stop_handler(self) -> None:
@@ -127,7 +126,7 @@ class AsyncioWebSocketClient(Connection):
 
     # Public API.
 
-    async def receive(self, timeout: float | None = _DEFAULT) -> Message | None:
+    async def receive(self, timeout: float | None = DEFAULT) -> Message | None:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
         Returns ``None`` when ``timeout`` seconds pass first (default: the
@@ -135,22 +134,19 @@ class AsyncioWebSocketClient(Connection):
         :class:`ConnectionClosed` once the connection is closed and every
         message received before has been returned.
         """
-        if timeout is _DEFAULT:
-            timeout = self.options.receive_timeout
-        deadline = None
-        while True:
-            message = self._pop_message()
-            if message is not None:
-                return message
-            if timeout is None:
-                await self._wait_async(None)
-                continue
-            now = self._loop.time()
-            if deadline is None:
-                deadline = now + timeout
-            if now >= deadline:
-                return None
-            await self._wait_async(deadline - now)
+        connection = self.connection
+        message = connection.next_message()
+        if message is not None:
+            return message
+        steps = receiving(
+            connection, self.options.receive_timeout if timeout is DEFAULT else timeout
+        )
+        try:
+            while True:
+                await self._wait(next(steps))
+        except StopIteration as done:
+            result: Message | None = done.value
+            return result
 
     recv = a_recv = receive
 
@@ -161,11 +157,12 @@ class AsyncioWebSocketClient(Connection):
         already waiting to be sent, so memory stays bounded: ``await send()``
         waits instead.
         """
-        if self._backlogged():
-            raise WebSocketError(f"send buffer full ({self._out_size} bytes): await send()")
+        connection = self.connection
+        if connection.backlogged:
+            raise WebSocketError(f"send buffer full ({connection.buffered} bytes): await send()")
         if binary and isinstance(message, str):
             message = message.encode()
-        self._send(message)
+        connection.send(message)
 
     async def send(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
@@ -176,9 +173,10 @@ class AsyncioWebSocketClient(Connection):
         """
         if binary and isinstance(message, str):
             message = message.encode()
-        self._send(message)
-        while self._backlogged():
-            await self._wait_async(None)
+        connection = self.connection
+        connection.send(message)
+        while connection.backlogged:
+            await self._wait(None)
 
     a_send = send
 
@@ -191,32 +189,33 @@ class AsyncioWebSocketClient(Connection):
 
         The connection leaves every room when its handler ends.
         """
-        self._rooms().join(self, room)
+        self._join(room)
 
     async def leave(self, room: str) -> None:
         """Leave ``room``; nothing happens if the connection is not in it."""
-        self._rooms().leave(self, room)
+        self._leave(room)
 
     async def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        await self.send(sharedarea_read(id, pos).decode())
+        await self.send(uwsgi_api.sharedarea_read(id, pos).decode())
 
     async def send_binary_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        await self.send(sharedarea_read(id, pos))
+        await self.send(uwsgi_api.sharedarea_read(id, pos))
 
     async def ping(self, data: bytes | str = b"") -> None:
         """Send a ping; the peer's pong is taken care of."""
-        self._ping(data)
+        self.connection.ping(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` and wait for the peer's answer.
 
         Waits ``close_timeout`` seconds at most. Does nothing once closing.
         """
-        self._begin_close(code, reason)
-        while not self.closed:
-            await self._wait_async(None)
+        connection = self.connection
+        connection.begin_close(code, reason)
+        while not connection.closed:
+            await self._wait(None)
 
     async def __aiter__(self) -> AsyncIterator[Message]:
         """Iterate over messages until the connection closes."""
@@ -228,15 +227,19 @@ class AsyncioWebSocketClient(Connection):
             assert message is not None
             yield message
 
-    # Serving: called by the middleware, in the request's greenlet.
+    # Serving: called by the extension, in the request's greenlet.
 
-    def _serve(
-        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+    def serve(
+        self,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
     ) -> Exception | None:
         """Run ``handler`` as a task on the loop; park this greenlet until it is done.
 
         The task runs in a copy of this greenlet's context: the request context."""
-        self.start()
+        self._start()
         task = self._loop.create_task(self._run(handler, kwargs, websocket, app))
         self._task = task
         request_greenlet = greenlet.getcurrent()
@@ -249,37 +252,21 @@ class AsyncioWebSocketClient(Connection):
         return None if task.cancelled() else task.result()
 
     async def _run(
-        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+        self,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
     ) -> Exception | None:
-        code, reason = 1000, ""
-        error: Exception | None = None
+        error: BaseException | None = None
         try:
             await handler(self, **kwargs)
-        except ConnectionClosed as exc:
-            logger.debug("WebSocket %s: handler ended on %s", self.id, exc)
-        except asyncio.CancelledError:
-            # Cancelled by _stop_handler (the connection is gone) or by a shutdown.
-            logger.debug("WebSocket %s: handler cancelled", self.id)
-            code = 1001
-        except Exception as exc:
-            code, error = 1011, exc
-            on_error = websocket.error_handler_for(exc)
-            if on_error is not None:
-                try:
-                    result = on_error(self, exc)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    code, reason = self._close_args(result)
-                    error = None
-                except ConnectionClosed:
-                    error = None
-                except Exception as again:
-                    error = again
-            if error is not None:
-                self._report_failure(app, handler, error)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = exc
+        code, reason, failure = await outcome_async(websocket, app, handler, self, error)
         self._task = None
         await self.close(code, reason)
-        return error
+        return failure
 
 
 class _Done:
@@ -301,53 +288,34 @@ def _resolve(future: asyncio.Future[None]) -> None:
 _loop_prepared_in: int | None = None
 
 
-def _prepare_worker_loop(uwsgi: Any) -> None:
-    """Create each worker's event loop before uWSGI's asyncio engine asks for it.
+def _new_worker_loop() -> None:
+    """Create this worker's event loop before uWSGI's asyncio engine asks for it.
 
     On Python 3.12+ the engine's ``asyncio.get_event_loop()`` call from C fails
     when no loop is set ("call stack is not deep enough"), killing the worker.
     """
     global _loop_prepared_in
-
-    def new_loop() -> None:
-        global _loop_prepared_in
-        if _loop_prepared_in != os.getpid():
-            _loop_prepared_in = os.getpid()
-            asyncio.set_event_loop(asyncio.new_event_loop())
-
-    if uwsgi.worker_id() > 0:  # a worker importing the app (--lazy-apps)
-        new_loop()
-        return
-    previous = getattr(uwsgi, "post_fork_hook", None)
-    if getattr(previous, "_creates_loop", False):
-        return
-
-    def post_fork() -> None:
-        new_loop()
-        if previous is not None:
-            previous()
-
-    post_fork._creates_loop = True  # type: ignore[attr-defined]
-    uwsgi.post_fork_hook = post_fork
+    if _loop_prepared_in != os.getpid():
+        _loop_prepared_in = os.getpid()
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class AsyncioWebSocketMiddleware(WebSocketMiddleware):
-    """Serves WebSocket routes with :class:`AsyncioWebSocketClient`."""
-
-    client_class = AsyncioWebSocketClient  # type: ignore[assignment]
+    """The middleware of the asyncio flavour (0.6.1 name): :class:`WebSocketMiddleware`."""
 
 
-class AsyncioWebSocket(WebSocket):
+class AsyncioWebSocket(WebSocketExtension):
     """The Flask extension, asyncio flavour: ``async def`` handlers.
 
     Run with ``app.run(asyncio=100, greenlet=True)`` (the defaults) or
     ``uwsgi --asyncio 100 --greenlet``.
     """
 
+    client_class = AsyncioWebSocketClient
     middleware_class = AsyncioWebSocketMiddleware
-    run_defaults = {"asyncio": 100, "greenlet": True}
-    engine = "asyncio"
-    plugins = ("asyncio", "greenlet")
+    run_defaults: ClassVar[dict[str, Any]] = {"asyncio": 100, "greenlet": True}
+    engine: ClassVar[str | None] = "asyncio"
+    plugins: ClassVar[tuple[str, ...]] = ("asyncio", "greenlet")
 
     def broadcast(  # type: ignore[override]
         self, message: Any, room: str | None = None, exclude: Any = None
@@ -364,16 +332,14 @@ class AsyncioWebSocket(WebSocket):
     def check_engine(self) -> None:
         """Refuse another engine or a missing ``--greenlet``; prepare the worker's loop."""
         super().check_engine()
-        try:
-            import uwsgi
-        except ImportError:
+        if not uwsgi_api.running():
             return
-        if not uwsgi.opt.get("greenlet"):
+        if not uwsgi_api.option("greenlet"):
             raise RuntimeError(
                 "AsyncioWebSocket needs uWSGI started with --asyncio N --greenlet "
                 "(the request greenlets park while their handler tasks run)"
             )
-        _prepare_worker_loop(uwsgi)
+        uwsgi_api.in_each_worker(_new_worker_loop)
 
     def check_handler(self, handler: Callable[..., Any]) -> None:
         """Refuse, when it is registered, a handler that is not a coroutine function."""

@@ -1,62 +1,207 @@
-"""The client object a handler receives, and the plain (processes/threads) flavour's I/O.
+"""The client object a handler receives: what every flavour shares, and the blocking API.
 
-In the plain flavour the handler runs in the request's thread. One daemon
-thread per worker process runs an asyncio event loop that watches every
-connection of that process: it answers pings, keeps connections alive and
-queues messages while handlers do other work. A lock per connection makes
-``send`` and ``close`` safe from any thread.
+A client wraps one :class:`~.core.connection.Connection` (its ``connection``)
+and adds what a handler sees: the request's environ, rooms, uWSGI's shared
+area, and waiting. Flavours differ only in how they wait: :class:`BlockingClient`
+is the API of the plain and gevent flavours (``threads``, ``gevent``), whose
+handlers block; the asyncio flavour's client has the same methods as
+coroutines. The one piece of waiting logic with more than a line to it,
+receiving with a deadline, is :func:`receiving`, a generator of how long to
+wait that both faces drive.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Opcode
 
-from .connection import Connection, Message, Reactor, Timer, logger, sharedarea_read
+from . import uwsgi_api
+from .core.connection import Connection
+from .core.framing import Message
 from .exceptions import ConnectionClosed
+from .flask.serving import ErrorHandlers, outcome_sync
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .extension import WebSocket
+    from .broadcast.registry import Rooms
+    from .core.handshake import Handshake
+    from .core.options import Options
+    from .core.reactor import Reactor
 
-__all__ = ["WebSocketClient"]
+__all__ = ["BlockingClient", "Client", "receiving"]
 
-_DEFAULT: Any = object()
+#: ``receive()``'s timeout when none is given: the ``receive_timeout`` option.
+DEFAULT: Any = object()
 
 
-class WebSocketClient(Connection):
-    """A WebSocket connection, as a handler sees it (plain flavour).
+def receiving(
+    connection: Connection, timeout: float | None
+) -> Generator[float | None, None, Message | None]:
+    """Receive a message within ``timeout`` seconds (``None``: no limit).
+
+    Yields how long to wait for the connection's next event (``None``: until
+    it comes); returns the message, or ``None`` when the time is up. Raises
+    :class:`ConnectionClosed` once the connection is closed and drained.
+    """
+    deadline = None
+    while True:
+        message = connection.next_message()
+        if message is not None:
+            return message
+        if timeout is None:
+            yield None
+            continue
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + timeout
+        if now >= deadline:
+            return None
+        yield deadline - now
+
+
+class Client:
+    """What the clients of every flavour have: identity, state, rooms.
+
+    Subclasses set up their waiting, then call ``Client.__init__``, which makes the
+    connection with :meth:`_make_reactor`, :meth:`_make_lock` and :meth:`_wake`.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
+    ) -> None:
+        #: The protocol core under this client.
+        self.connection = Connection(
+            fd, options, self._make_reactor(fd), handshake, self._make_lock(), self._wake
+        )
+        #: The socket's file descriptor.
+        self.fd = fd
+        #: The WSGI environ of the upgrade request.
+        self.environ = environ
+        #: The connection's options: the app's, then the route's.
+        self.options = options
+        #: A random identifier of the connection (hex).
+        self.id = self.connection.id
+        #: The subprotocol agreed in the handshake, or ``None``.
+        self.subprotocol = self.connection.subprotocol
+        self._registry = rooms  # the app's connections in this process
+
+    # Flavour hooks.
+
+    def _make_reactor(self, fd: int) -> Reactor:
+        raise NotImplementedError
+
+    def _make_lock(self) -> Any:
+        """The connection's lock: ``None`` where its callbacks run on the handler's thread."""
+        return None
+
+    def _wake(self) -> None:
+        """Wake every caller waiting for the connection; called with its lock held, last."""
+        raise NotImplementedError
+
+    # State.
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages can still be sent: the closing handshake has not begun."""
+        return self.connection.connected
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over: both sides are done or it was aborted."""
+        return self.connection.closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's close frame; 1006 when it closed without one; else ``None``."""
+        return self.connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame; ``""`` when none came; ``None`` while open."""
+        return self.connection.close_reason
+
+    @property
+    def timeout(self) -> float | None:
+        """The default timeout of ``receive`` (0.6.1 name)."""
+        return self.options.receive_timeout
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this connection is in (see ``join``)."""
+        if self._registry is None:
+            return frozenset()
+        return self._registry.rooms_of(self.connection)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
+
+    def recv_nb(self) -> Message | None:
+        """A message already received, or ``None``; never waits."""
+        return self.connection.poll_message()
+
+    def serve(
+        self,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
+    ) -> Exception | None:
+        """Run ``handler(self, **kwargs)`` the flavour's way, then close: 1000 when it
+        returns, 1011 (or the error handler's choice) when it raises.
+
+        Called by the extension once the handshake is done; returns the exception that
+        no error handler took.
+        """
+        raise NotImplementedError
+
+    # Shared by the flavours' methods of the same names.
+
+    def _join(self, room: str) -> None:
+        self._registry_or_error().join(self.connection, room)
+
+    def _leave(self, room: str) -> None:
+        self._registry_or_error().leave(self.connection, room)
+
+    def _registry_or_error(self) -> Rooms:
+        if self._registry is None:
+            raise RuntimeError("this connection was not made by the extension: it has no rooms")
+        return self._registry
+
+    def _start(self) -> None:
+        """Start the connection and enter the app's registry; the handler is about to run."""
+        self.connection.start()
+        if self._registry is not None:
+            self._registry.add(self.connection, self.connection.reactor.call_soon_threadsafe)
+
+    def _release(self) -> None:
+        """Leave the rooms and stop watching the socket; uWSGI closes it when the request ends."""
+        if self._registry is not None:
+            self._registry.remove(self.connection)
+        self.connection.release()
+
+
+class BlockingClient(Client):
+    """A WebSocket connection as a handler that blocks sees it: the plain and gevent API.
 
     ``receive`` returns ``str`` for a text message and ``bytes`` for a binary
     one; ``send`` sends ``str`` as text and bytes-like objects as binary.
-    ``send`` and ``close`` may be called from any thread.
+    ``send`` and ``close`` may be called from any thread or greenlet.
     """
 
-    def _prepare(self) -> None:
-        self._lock = threading.RLock()
-        self._condition = threading.Condition(self._lock)
-
-    # The plain flavour's waiting.
-
-    def _make_reactor(self) -> Reactor:
-        return ThreadReactor(self.fd, IOThread.current())
-
     def _wait(self, timeout: float | None) -> None:
-        self._condition.wait(timeout)
+        """Block until :meth:`_wake` or ``timeout``; called with the lock held."""
+        raise NotImplementedError
 
-    def _wake(self) -> None:
-        self._condition.notify_all()
-
-    # Public API.
-
-    def receive(self, timeout: float | None = _DEFAULT) -> Message | None:
+    def receive(self, timeout: float | None = DEFAULT) -> Message | None:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
         Returns ``None`` when ``timeout`` seconds pass first (default: the
@@ -64,23 +209,20 @@ class WebSocketClient(Connection):
         :class:`ConnectionClosed` once the connection is closed and every
         message received before has been returned.
         """
-        if timeout is _DEFAULT:
-            timeout = self.options.receive_timeout
-        with self._lock:
-            deadline = None
-            while True:
-                message = self._pop_message()
-                if message is not None:
-                    return message
-                if timeout is None:
-                    self._wait(None)
-                    continue
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout
-                if now >= deadline:
-                    return None
-                self._wait(deadline - now)
+        connection = self.connection
+        with connection.lock:
+            message = connection.next_message()
+            if message is not None:
+                return message
+            steps = receiving(
+                connection, self.options.receive_timeout if timeout is DEFAULT else timeout
+            )
+            try:
+                while True:
+                    self._wait(next(steps))
+            except StopIteration as done:
+                result: Message | None = done.value
+                return result
 
     recv = receive
 
@@ -94,51 +236,56 @@ class WebSocketClient(Connection):
         if binary:
             self.send_binary(message)
             return
-        with self._lock:
-            self._send(message)
-            while self._backlogged():
+        connection = self.connection
+        with connection.lock:
+            connection.send(message)
+            while connection.backlogged:
                 self._wait(None)
 
     def send_binary(self, data: Message | bytearray | memoryview) -> None:
         """Send ``data`` as a binary frame; a ``str`` is encoded in UTF-8."""
         if isinstance(data, str):
             data = data.encode()
-        with self._lock:
-            self._send_frame(Opcode.BINARY, data)
-            while self._backlogged():
+        connection = self.connection
+        with connection.lock:
+            connection.send_frame(Opcode.BINARY, data)
+            while connection.backlogged:
                 self._wait(None)
 
     def join(self, room: str) -> None:
-        """Join ``room``: :meth:`WebSocket.broadcast` to it reaches this connection.
+        """Join ``room``: the extension's ``broadcast`` to it reaches this connection.
 
         The connection leaves every room when its handler ends.
         """
-        self._rooms().join(self, room)
+        self._join(room)
 
     def leave(self, room: str) -> None:
         """Leave ``room``; nothing happens if the connection is not in it."""
-        self._rooms().leave(self, room)
+        self._leave(room)
 
     def send_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as text, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        self.send(sharedarea_read(id, pos).decode())
+        self.send(uwsgi_api.sharedarea_read(id, pos).decode())
 
     def send_binary_from_sharedarea(self, id: int, pos: int) -> None:
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
-        self.send_binary(sharedarea_read(id, pos))
+        self.send_binary(uwsgi_api.sharedarea_read(id, pos))
 
     def ping(self, data: bytes | str = b"") -> None:
         """Send a ping; the peer's pong is taken care of."""
-        with self._lock:
-            self._ping(data)
+        with self.connection.lock:
+            self.connection.ping(data)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` and wait for the peer's answer.
 
         Waits ``close_timeout`` seconds at most. Does nothing once closing.
         """
-        with self._lock:
-            self._close(code, reason)
+        connection = self.connection
+        with connection.lock:
+            connection.begin_close(code, reason)
+            while not connection.closed:
+                self._wait(None)
 
     def __iter__(self) -> Iterator[Message]:
         """Iterate over messages until the connection closes."""
@@ -150,156 +297,39 @@ class WebSocketClient(Connection):
             assert message is not None
             yield message
 
-    # Serving: called by the middleware once the handshake is done.
+    # Serving.
 
-    def _serve(
-        self, handler: Callable[..., Any], kwargs: dict[str, Any], websocket: WebSocket, app: Flask
+    def serve(
+        self,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
     ) -> Exception | None:
-        """Run ``handler``, then close: 1000 when it returns, 1011 (or the error handler's
-        choice) when it raises. Returns the exception no error handler took."""
-        self.start()
-        error: Exception | None = None
+        """Run ``handler(self, **kwargs)`` in this thread or greenlet, then close: 1000 when
+        it returns, 1011 (or the error handler's choice) when it raises.
+
+        Called by the extension once the handshake is done; returns the exception that
+        no error handler took.
+        """
+        self._start()
         try:
-            code, reason = 1000, ""
+            error: Exception | None = None
+            self._enter_handler()
             try:
-                self._enter_handler()
                 handler(self, **kwargs)
-            except ConnectionClosed as exc:
-                logger.debug("WebSocket %s: handler ended on %s", self.id, exc)
             except Exception as exc:
-                code, reason, error = 1011, "", exc
-                on_error = websocket.error_handler_for(exc)
-                if on_error is not None:
-                    try:
-                        code, reason = self._close_args(on_error(self, exc))
-                        error = None
-                    except ConnectionClosed:
-                        error = None
-                    except Exception as again:
-                        error = again
-                if error is not None:
-                    self._report_failure(app, handler, error)
+                error = exc
             finally:
                 self._leave_handler()
-            with self._lock:
-                self._close(code, reason)
+            code, reason, failure = outcome_sync(websocket, app, handler, self, error)
+            self.close(code, reason)
         finally:
             self._release()
-        return error
+        return failure
 
     def _enter_handler(self) -> None:
         """The handler is about to run in the current thread or greenlet."""
 
     def _leave_handler(self) -> None:
         """The handler has ended."""
-
-
-class IOThread:
-    """An asyncio event loop in a daemon thread: one per worker process."""
-
-    _current: IOThread | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="websocket-io", daemon=True
-        )
-        self.thread.start()
-
-    @classmethod
-    def current(cls) -> IOThread:
-        """This process's I/O thread, started on first use (after uWSGI forked)."""
-        with cls._lock:
-            io = cls._current
-            if io is None or io.pid != os.getpid():
-                io = cls._current = cls()
-            return io
-
-    def call(self, function: Callable[..., Any], *args: Any) -> None:
-        """Call ``function`` in the I/O thread, now if this is it."""
-        if threading.get_ident() == self.thread.ident:
-            function(*args)
-        else:
-            self.loop.call_soon_threadsafe(function, *args)
-
-    def call_and_wait(self, function: Callable[[], Any]) -> None:
-        """Call ``function`` in the I/O thread and wait until it has run."""
-        if threading.get_ident() == self.thread.ident:
-            function()
-            return
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                function()
-            finally:
-                done.set()
-
-        self.loop.call_soon_threadsafe(run)
-        done.wait()
-
-
-class ThreadTimer:
-    """A call scheduled on the I/O thread; ``cancel`` works from any thread."""
-
-    def __init__(self, io: IOThread, delay: float, callback: Callable[[], None]) -> None:
-        self._callback: Callable[[], None] | None = callback
-        self._handle: asyncio.TimerHandle | None = None
-        self._io = io
-        io.call(self._arm, delay)
-
-    def _arm(self, delay: float) -> None:
-        if self._callback is not None:
-            self._handle = self._io.loop.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
-
-    def cancel(self) -> None:
-        """Do not make the call."""
-        self._callback = None
-        handle = self._handle
-        if handle is not None:
-            self._io.call(handle.cancel)
-
-
-class ThreadReactor:
-    """A connection's watchers on the process's :class:`IOThread`."""
-
-    def __init__(self, fd: int, io: IOThread) -> None:
-        self.fd = fd
-        self.io = io
-
-    def watch_read(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` in the I/O thread whenever the socket is readable."""
-        loop = self.io.loop
-        if callback is None:
-            self.io.call(loop.remove_reader, self.fd)
-        else:
-            self.io.call(loop.add_reader, self.fd, callback)
-
-    def watch_write(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` in the I/O thread whenever the socket is writable."""
-        loop = self.io.loop
-        if callback is None:
-            self.io.call(loop.remove_writer, self.fd)
-        else:
-            self.io.call(loop.add_writer, self.fd, callback)
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        """Call ``callback`` in the I/O thread after ``delay`` seconds."""
-        return ThreadTimer(self.io, delay, callback)
-
-    def close(self) -> None:
-        """Stop watching the socket before uWSGI closes it (and may reuse its number)."""
-        loop = self.io.loop
-
-        def stop() -> None:
-            loop.remove_reader(self.fd)
-            loop.remove_writer(self.fd)
-
-        self.io.call_and_wait(stop)

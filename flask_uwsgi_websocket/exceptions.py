@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConnectionClosed", "WebSocketError"]
+__all__ = ["ConnectionClosed", "HandshakeError", "WebSocketError"]
 
 #: Close codes that mean the connection ended normally (RFC 6455, section 7.4.1).
 NORMAL_CLOSE_CODES = frozenset({1000, 1001})
@@ -32,3 +32,15 @@ class ConnectionClosed(WebSocketError):
 
     def __str__(self) -> str:
         return f"connection closed: {self.code} {self.reason}".rstrip()
+
+
+class HandshakeError(WebSocketError):
+    """A refused upgrade: the HTTP status, a one-line reason and extra headers."""
+
+    def __init__(
+        self, status: str, reason: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []

@@ -12,20 +12,16 @@ raised in the handler's greenlet, which ends it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import greenlet
 from gevent import get_hub
 from gevent.hub import Waiter
 
-from .client import WebSocketClient
-from .connection import Reactor, Timer, in_this_thread
-from .exceptions import ConnectionClosed
-from .extension import WebSocket
-from .middleware import WebSocketMiddleware
-
-if TYPE_CHECKING:
-    pass
+from .client import BlockingClient
+from .core.reactor import Reactor, Timer, in_this_thread
+from .flask.extension import WebSocketExtension
+from .flask.middleware import WebSocketMiddleware
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -53,6 +49,8 @@ class GeventReactor:
         self.loop = get_hub().loop
         self._read = self.loop.io(fd, 1)
         self._write = self.loop.io(fd, 2)
+        #: Call a function in the hub's thread, from any thread.
+        self.call_soon_threadsafe = in_this_thread(self.loop.run_callback_threadsafe)
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` from the hub whenever the socket is readable."""
@@ -78,22 +76,20 @@ class GeventReactor:
         self._write.close()
 
 
-class GeventWebSocketClient(WebSocketClient):
-    """A WebSocket connection in the gevent flavour; the same API as :class:`WebSocketClient`."""
+class GeventWebSocketClient(BlockingClient):
+    """A WebSocket connection in the gevent flavour; the same API as the plain
+    :class:`~flask_uwsgi_websocket.WebSocketClient`. Greenlets switch only where they
+    wait, so the connection needs no lock."""
 
-    def _prepare(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._hub = get_hub()
         self._waiters: list[Waiter[Any]] = []
         self._handler: Any = None
         self._handler_waiting = 0  # the handler is blocked in this connection's methods
-        # Greenlets switch only where they wait: no lock is needed.
-        self._lock = self._condition = _NO_LOCK
+        super().__init__(*args, **kwargs)
 
-    def _make_reactor(self) -> Reactor:
-        return GeventReactor(self.fd)
-
-    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
-        return in_this_thread(self._hub.loop.run_callback_threadsafe)
+    def _make_reactor(self, fd: int) -> Reactor:
+        return GeventReactor(fd)
 
     def _wait(self, timeout: float | None) -> None:
         waiter: Waiter[Any] = Waiter(self._hub)
@@ -123,7 +119,7 @@ class GeventWebSocketClient(WebSocketClient):
             else:
                 for waiter in waiters:
                     self._hub.loop.run_callback(waiter.switch, None)
-        if self._handler is not None and not self.connected:
+        if self._handler is not None and not self.connection.connected:
             self._hub.loop.run_callback(self._stop_handler)
 
     def _stop_handler(self) -> None:
@@ -137,7 +133,7 @@ class GeventWebSocketClient(WebSocketClient):
             return
         # Blocked outside this connection: end it where it waits.
         self._handler = None
-        handler.throw(ConnectionClosed(self.close_code or 1006, self.close_reason or ""))
+        handler.throw(self.connection.closed_error())
 
     def _enter_handler(self) -> None:
         self._handler = greenlet.getcurrent()
@@ -146,27 +142,15 @@ class GeventWebSocketClient(WebSocketClient):
         self._handler = None
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK: Any = _NoLock()
-
-
 class GeventWebSocketMiddleware(WebSocketMiddleware):
-    """Serves WebSocket routes with :class:`GeventWebSocketClient`."""
-
-    client_class = GeventWebSocketClient
+    """The middleware of the gevent flavour (0.6.1 name): :class:`WebSocketMiddleware`."""
 
 
-class GeventWebSocket(WebSocket):
+class GeventWebSocket(WebSocketExtension):
     """The Flask extension, gevent flavour: run with ``app.run(gevent=100)``."""
 
+    client_class = GeventWebSocketClient
     middleware_class = GeventWebSocketMiddleware
-    run_defaults = {"gevent": 100}
-    engine = "gevent"
-    plugins = ("gevent",)
+    run_defaults: ClassVar[dict[str, Any]] = {"gevent": 100}
+    engine: ClassVar[str | None] = "gevent"
+    plugins: ClassVar[tuple[str, ...]] = ("gevent",)

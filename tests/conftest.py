@@ -2,49 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer
-
-APP_MODULES = {"asyncio": "tests.app_asyncio:app"}
-
-
-class AppServer(UwsgiServer):
-    """``tests/app.py`` served by uWSGI in one flavour."""
-
-    def __init__(self, flavour: str, mode: str = "http", extra_args: tuple[str, ...] = ()) -> None:
-        self.flavour = flavour
-        super().__init__(
-            [
-                "--module",
-                APP_MODULES.get(flavour, "tests.app:app"),
-                "--sharedarea",
-                "1",
-                *FLAVOUR_ARGS[flavour],
-            ],
-            extra_args,
-            mode=mode,
-            env={"TEST_FLAVOUR": flavour},
-        )
-
-    def http(self, path: str, method: str = "GET") -> Any:
-        """The body of an HTTP request to the app (JSON decoded when it is JSON)."""
-        req = urllib.request.Request(f"http://{self.address}{path}", method=method)
-        with urllib.request.urlopen(req, timeout=10) as response:
-            body = response.read()
-            if response.headers.get_content_type() == "application/json":
-                return json.loads(body)
-            return body.decode()
-
-    def events(self, route: str | None = None) -> list[dict[str, Any]]:
-        """What the app's handlers recorded (see ``tests/app.py``)."""
-        found: list[dict[str, Any]] = self.http("/events")
-        return [e for e in found if route is None or e.get("route") == route]
+from .helpers import AppServer
 
 
 @pytest.fixture(

@@ -10,8 +10,7 @@ from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import AsyncioWebSocket
 
-from .conftest import AppServer
-from .test_connection import wait_for
+from .helpers import AppServer, wait_for
 
 
 def test_plain_def_handler_is_refused_when_registered() -> None:

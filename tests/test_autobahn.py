@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer
+from .helpers import FLAVOUR_ARGS, UwsgiServer
 
 #: Every case of sections 1 to 13 (the suite has no section 8 or 11).
 CASES = ["*"]

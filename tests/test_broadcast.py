@@ -19,12 +19,19 @@ import pytest
 from websockets.frames import Opcode
 from websockets.sync.client import ClientConnection, connect
 
-from flask_uwsgi_websocket.rooms import Broadcast
+from flask_uwsgi_websocket.broadcast.message import Broadcast
 
-from .raw import CLOSE, TEXT, RawClient, frame
-from .redis_server import RedisServer
-from .test_connection import wait_for
-from .uwsgi_server import FLAVOUR_ARGS, UwsgiServer, free_port
+from .helpers import (
+    CLOSE,
+    FLAVOUR_ARGS,
+    TEXT,
+    RawClient,
+    RedisServer,
+    UwsgiServer,
+    frame,
+    free_port,
+    wait_for,
+)
 
 FLAVOURS = ("plain", "gevent", "asyncio")
 
@@ -415,7 +422,7 @@ def test_the_broker_comes_from_the_argument_or_the_config() -> None:
     from flask import Flask
 
     from flask_uwsgi_websocket import WebSocket
-    from flask_uwsgi_websocket.brokers import LocalBroker, RedisBroker
+    from flask_uwsgi_websocket.broadcast.brokers import LocalBroker, RedisBroker
 
     websocket = WebSocket(Flask("default"))
     assert isinstance(websocket.broker(), LocalBroker)

@@ -19,9 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .redis_server import RedisServer
-from .test_run import child_env
-from .uwsgi_server import ROOT, ServerProcess, UwsgiServer, free_port
+from .helpers import ROOT, RedisServer, ServerProcess, UwsgiServer, child_env, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

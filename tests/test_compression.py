@@ -9,15 +9,13 @@ import pytest
 from websockets.exceptions import InvalidHandshake
 from websockets.sync.client import connect
 
-from flask_uwsgi_websocket.compression import DEFAULTS, deflate_settings, negotiate
-from flask_uwsgi_websocket.handshake import HandshakeError
-from flask_uwsgi_websocket.handshake import negotiate as negotiate_handshake
-from flask_uwsgi_websocket.options import Options
+from flask_uwsgi_websocket.core.compression import DEFAULTS, deflate_settings, negotiate
+from flask_uwsgi_websocket.core.handshake import HandshakeError
+from flask_uwsgi_websocket.core.handshake import negotiate as negotiate_handshake
+from flask_uwsgi_websocket.core.options import Options
 
 from .app_common import TUNED_DEFLATE
-from .conftest import AppServer
-from .raw import BINARY, TEXT, RawClient, frame
-from .test_handshake import upgrade_environ
+from .helpers import BINARY, TEXT, AppServer, RawClient, frame, upgrade_environ
 
 # -- settings ----------------------------------------------------------------------------------
 

@@ -10,18 +10,19 @@ import pytest
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.sync.client import connect
 
-from .conftest import AppServer
-from .raw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawClient, close_payload, frame
-
-
-def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+from .helpers import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    AppServer,
+    RawClient,
+    close_payload,
+    frame,
+    wait_for,
+)
 
 
 def test_text_stays_text_and_binary_stays_binary(server: AppServer) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import APP_MODULES
-from .uwsgi_server import UwsgiServer
+from .helpers import APP_MODULES, UwsgiServer
 
 
 @pytest.mark.parametrize(

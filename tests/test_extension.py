@@ -9,7 +9,7 @@ from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import GeventWebSocket, Options, WebSocket, WebSocketMiddleware
 
-from .conftest import AppServer
+from .helpers import AppServer
 
 
 def test_init_app_factory_pattern_and_config() -> None:
@@ -96,3 +96,4 @@ def test_config_limit_and_route_override_apply(server: AppServer) -> None:
         with pytest.raises(ClientClosed) as info:
             ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+

@@ -24,8 +24,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from flask_uwsgi_websocket import GeventWebSocket, Options, WebSocket, WebSocketBlueprint
 
-from .conftest import AppServer
-from .test_connection import wait_for
+from .helpers import AppServer, wait_for
 
 
 def life_events(server: AppServer, tag: str, count: int | None = None) -> list[dict[str, Any]]:

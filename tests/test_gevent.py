@@ -7,8 +7,7 @@ import time
 
 from websockets.sync.client import connect
 
-from .conftest import AppServer
-from .test_connection import wait_for
+from .helpers import AppServer, wait_for
 
 
 def test_handler_blocked_elsewhere_is_stopped_when_the_peer_goes(gevent_server: AppServer) -> None:

@@ -6,45 +6,32 @@ import base64
 import dataclasses
 import socket
 from collections.abc import Mapping
-from typing import Any
 
 import pytest
 from websockets.utils import accept_key as websockets_accept_key
 
-from flask_uwsgi_websocket.handshake import (
+from flask_uwsgi_websocket.core.handshake import (
     HandshakeError,
     accept_key,
     is_upgrade_attempt,
     negotiate,
     validate,
 )
-from flask_uwsgi_websocket.options import Options
+from flask_uwsgi_websocket.core.options import Options
 
-from .conftest import AppServer
-from .raw import CLOSE, TEXT, RawClient, close_payload, frame
+from .helpers import (
+    CLOSE,
+    RFC_KEY,
+    TEXT,
+    AppServer,
+    RawClient,
+    close_payload,
+    frame,
+    upgrade_environ,
+)
 
 #: The example of RFC 6455, section 1.3.
-RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-
-
-def upgrade_environ(**changes: str | None) -> dict[str, Any]:
-    """A valid upgrade request's environ; ``NAME=None`` removes ``NAME``."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/echo",
-        "HTTP_HOST": "localhost",
-        "HTTP_UPGRADE": "websocket",
-        "HTTP_CONNECTION": "Upgrade",
-        "HTTP_SEC_WEBSOCKET_KEY": RFC_KEY,
-        "HTTP_SEC_WEBSOCKET_VERSION": "13",
-    }
-    for name, value in changes.items():
-        if value is None:
-            environ.pop(name, None)
-        else:
-            environ[name] = value
-    return environ
 
 
 def refusal(**changes: str | None) -> HandshakeError:

@@ -14,8 +14,7 @@ import websocket  # websocket-client
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.sync.client import connect
 
-from .conftest import AppServer
-from .test_connection import wait_for
+from .helpers import AppServer, wait_for
 
 # -- websockets ----------------------------------------------------------------------------
 

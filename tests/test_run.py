@@ -21,7 +21,7 @@ from flask_uwsgi_websocket import WebSocket
 from flask_uwsgi_websocket.gevent import GeventWebSocket
 from flask_uwsgi_websocket.runner import build_command, engines, find_uwsgi, uwsgi_options
 
-from .uwsgi_server import ROOT, UWSGI, ServerProcess, free_port
+from .helpers import ROOT, UWSGI, ServerProcess, child_env, free_port
 
 PYTHON = sys.executable
 
@@ -357,20 +357,6 @@ def test_python_dash_m_is_a_module(tmp_path: Path) -> None:
 
 
 # -- real processes ----------------------------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of the processes the tests start.
-
-    No VIRTUAL_ENV: the venv's uWSGI finds the venv by itself. PYTHONPATH has
-    the checkout, for a venv where the package is not installed.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "FLASK_DEBUG")}
-    env.pop("FLASK_RUN_HOST", None)
-    env.pop("FLASK_RUN_PORT", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 @contextlib.contextmanager

@@ -9,12 +9,11 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import WebSocket
-from flask_uwsgi_websocket.handshake import HandshakeError, negotiate, select_subprotocol
-from flask_uwsgi_websocket.options import Options
+from flask_uwsgi_websocket.core.handshake import HandshakeError, negotiate, select_subprotocol
+from flask_uwsgi_websocket.core.options import Options
 
 from .app_common import pick_last
-from .conftest import AppServer
-from .test_handshake import upgrade_environ
+from .helpers import AppServer, upgrade_environ
 
 SERVER = ["chat.v2", "chat.v1"]
 

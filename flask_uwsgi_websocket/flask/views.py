@@ -16,26 +16,45 @@ the connection ends, and only then do the ``teardown_request`` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Response, current_app, request
 from flask.globals import request_ctx
 from werkzeug.routing import Map, Rule
 
-from .connection import logger
-from .handshake import HandshakeError, check_origin, negotiate
-from .options import Options
+from .. import uwsgi_api
+from ..core.handshake import Handshake, check_origin, negotiate
+from ..core.options import Options
+from ..exceptions import HandshakeError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
 
-    from .extension import WebSocket
-
-__all__ = ["WebSocketView", "add_websocket_rule", "split_options"]
+__all__ = ["Server", "WebSocketView", "add_websocket_rule", "split_options"]
 
 OPTION_NAMES = Options.names() | {"timeout"}
+logger = logging.getLogger("flask_uwsgi_websocket")
+
+
+class Server(Protocol):
+    """The extension, as the views see it."""
+
+    def app_options(self, app: Flask) -> Options:
+        """The options of ``app``'s WebSocket routes, before the route's own."""
+
+    def serve(
+        self,
+        app: Flask,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake,
+    ) -> Exception | None:
+        """Run ``handler`` on the upgraded connection; the exception left unhandled."""
 
 
 class WebSocketView:
@@ -55,7 +74,7 @@ class WebSocketView:
     def __call__(self, **kwargs: Any) -> Response:
         """Answer the upgrade: an HTTP refusal, or 101 whose body serves the connection."""
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-        websocket: WebSocket | None = app.extensions.get("uwsgi_websocket")
+        websocket: Server | None = app.extensions.get("uwsgi_websocket")
         if websocket is None:
             raise RuntimeError(
                 "a WebSocket route in an app without the extension: call init_app(app)"
@@ -64,7 +83,7 @@ class WebSocketView:
 
 
 def accept(
-    websocket: WebSocket, app: Flask, handler: Callable[..., Any], kwargs: dict[str, Any]
+    websocket: Server, app: Flask, handler: Callable[..., Any], kwargs: dict[str, Any]
 ) -> Response:
     """Check the origin, negotiate, and answer 101 with a body that runs ``handler``."""
     options = websocket.app_options(app)
@@ -82,9 +101,7 @@ def accept(
         return refusal(
             app, HandshakeError("500 Internal Server Error", "the WebSocket handshake failed")
         )
-    try:
-        import uwsgi
-    except ImportError:
+    if not uwsgi_api.running():
         logger.error("WebSocket routes need uWSGI: run the app with app.run() or uwsgi")
         return refusal(
             app, HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI")
@@ -94,9 +111,6 @@ def accept(
     # the connection ends, so Flask's own pop when the view returns runs no teardown.
     ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
     view_args = request.view_args
-    client_class = websocket.middleware_class.client_class
-    broker = websocket.broker(app)
-    broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
 
     def serve() -> Iterator[bytes]:
         error: BaseException | None = None
@@ -105,8 +119,7 @@ def accept(
         try:
             yield b""  # primed below, so that closing the body unwinds this
             yield b""  # uWSGI sends the 101 with the first item of the body
-            client = client_class(uwsgi.connection_fd(), environ, options, handshake, broker.rooms)
-            error = client._serve(handler, kwargs, websocket, app)
+            error = websocket.serve(app, handler, kwargs, environ, options, handshake)
         finally:
             ctx.pop(error)
 

@@ -1,13 +1,12 @@
 """The RFC 6455 connection core that every flavour shares.
 
-A :class:`Connection` owns the socket uWSGI hands over after the handshake
-(``uwsgi.connection_fd()``). It is event-driven, like an asyncio protocol: the
-flavour's :class:`Reactor` calls :meth:`Connection.on_readable` and
-:meth:`Connection.on_writable` when the socket is ready and runs its timers;
-the connection reads, frames, assembles messages, answers pings, keeps the
-connection alive and runs the closing handshake on its own, whatever the
-handler is doing. Flavours differ only in how a caller waits (:meth:`_wait`
-and :meth:`_wake`) and in whether a lock is needed (threads).
+A :class:`Connection` owns a connected socket after the opening handshake. It is
+event-driven, like an asyncio protocol: a :class:`~.reactor.Reactor` calls
+:meth:`Connection.on_readable` and :meth:`Connection.on_writable` when the socket
+is ready and runs its timers; the connection reads, frames, assembles messages,
+answers pings, keeps the connection alive and runs the closing handshake on its
+own, whatever the handler is doing. It never waits: its owner (a flavour's client)
+waits in its own way and is woken by the ``wake`` callback after every event.
 
 Framing is done by the ``websockets`` sans-I/O :class:`~websockets.protocol.Protocol`
 with one exception, measured to matter (see ``bench/``): a complete, final,
@@ -20,6 +19,9 @@ the protocol always sits at a frame boundary and applies every check of the
 RFC. Outgoing data frames are likewise serialized here (a 2 to 10 byte
 header) when no compression was agreed; compressed frames and control frames
 go through the protocol, with its permessage-deflate extension.
+
+Methods that say "with the lock held" are called inside ``with connection.lock:``;
+the others take it themselves.
 """
 
 from __future__ import annotations
@@ -29,35 +31,25 @@ import contextlib
 import logging
 import os
 import socket
-import struct
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from typing import Protocol as TypingProtocol
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol  # 16+: Protocol.current_size
 
-from .exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed
+from .framing import Message, apply_mask, frame_header, read_header
 from .options import Options
 
 if TYPE_CHECKING:
-    from flask import Flask
-
     from .handshake import Handshake
-    from .rooms import Rooms
+    from .reactor import Reactor, Timer
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
+__all__ = ["Connection"]
 
-__all__ = ["Connection", "Message", "Reactor", "Timer"]
-
-Message = str | bytes
 logger = logging.getLogger("flask_uwsgi_websocket")
 # websockets logs every closed connection at INFO; keep only its warnings.
 protocol_logger = logging.getLogger("flask_uwsgi_websocket.protocol")
@@ -73,96 +65,39 @@ LINGER = 0.1
 # Above this size a payload is written after its header rather than copied behind it.
 COPY_LIMIT = 16384
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
-_pack_short = struct.Struct("!BBH").pack
-_pack_long = struct.Struct("!BBQ").pack
 
 
-class Timer(TypingProtocol):
-    """A pending call made by :meth:`Reactor.call_later`."""
-
-    def cancel(self) -> None:
-        """Do not make the call."""
-
-
-class Reactor(TypingProtocol):
-    """What a flavour's event loop does for one connection's socket."""
-
-    def watch_read(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` whenever the socket is readable; ``None`` stops."""
-
-    def watch_write(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` whenever the socket is writable; ``None`` stops."""
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        """Call ``callback`` once after ``delay`` seconds."""
-
-    def close(self) -> None:
-        """Stop every watcher and timer; the socket is closed by uWSGI after."""
-
-
-def sharedarea_read(id: int, pos: int) -> bytes:
-    """uWSGI shared area ``id`` from byte ``pos`` to its end."""
-    import uwsgi
-
-    data: bytes = uwsgi.sharedarea_read(id, pos)
-    return data
-
-
-def _call_now(function: Callable[[], None]) -> None:
-    function()
-
-
-def in_this_thread(
-    schedule: Callable[[Callable[[], None]], Any],
-) -> Callable[[Callable[[], None]], None]:
-    """A function that calls its argument now in this thread, and from any other thread
-    hands it to ``schedule``: the thread-safe ``call_soon`` of the loop this thread runs."""
-    thread = threading.get_ident()
-
-    def call(function: Callable[[], None]) -> None:
-        if threading.get_ident() == thread:
-            function()
-        else:
-            schedule(function)
-
-    return call
-
-
-def frame_header(opcode: int, length: int) -> bytes:
-    """The header of an unmasked, final, unextended frame (RFC 6455, section 5.2)."""
-    if length < 126:
-        return bytes((0x80 | opcode, length))
-    if length < 65536:
-        return _pack_short(0x80 | opcode, 126, length)
-    return _pack_long(0x80 | opcode, 127, length)
+def _nothing() -> None:
+    pass
 
 
 class Connection:
-    """One WebSocket connection over a socket that uWSGI has upgraded.
+    """One WebSocket connection over the socket ``fd``, after the opening handshake.
 
-    Subclasses are the public client classes: they provide the reactor, the
-    lock and the waiting, and the flavour's method signatures.
+    ``reactor`` watches the socket and runs the timers; ``lock`` guards the state
+    where the reactor's callbacks run on another thread than the owner's (a
+    ``threading.RLock``; none otherwise); ``wake`` is called, with the lock held,
+    after every event that may end a wait (a message, buffer space, the close).
     """
-
-    #: A lock around the state, for flavours where callbacks run on another thread.
-    _lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
     def __init__(
         self,
         fd: int,
-        environ: dict[str, Any],
         options: Options,
+        reactor: Reactor,
         handshake: Handshake | None = None,
-        rooms: Rooms | None = None,
+        lock: contextlib.AbstractContextManager[Any] | None = None,
+        wake: Callable[[], None] = _nothing,
     ) -> None:
-        self._prepare()
         #: The socket's file descriptor.
         self.fd = fd
-        #: The WSGI environ of the upgrade request.
-        self.environ = environ
         #: A random identifier of the connection (hex).
         self.id = uuid.uuid4().hex
         self.options = options
+        self.reactor = reactor
+        #: Held around every change of state; see the class docstring.
+        self.lock: contextlib.AbstractContextManager[Any] = lock or contextlib.nullcontext()
+        self._wake = wake
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol = handshake.subprotocol if handshake is not None else None
         self.protocol = Protocol(SERVER, max_size=options.max_message_size, logger=protocol_logger)
@@ -192,40 +127,14 @@ class Connection:
         self._pong_timer: Timer | None = None
         self._close_timer: Timer | None = None
         self._failed = False
-        self._registry = rooms  # the app's connections in this process
-        self._joined: frozenset[str] = frozenset()  # changed by the registry, under its lock
-        self.reactor: Reactor = self._make_reactor()
-
-    # Flavour hooks.
-
-    def _prepare(self) -> None:
-        """Set up the flavour's state (lock, waiters), first thing in ``__init__``."""
-
-    def _make_reactor(self) -> Reactor:
-        raise NotImplementedError
-
-    def _make_caller(self) -> Callable[[Callable[[], None]], None]:
-        """A function that calls its argument where this connection's callbacks may run,
-        from any thread: here, it calls it at once (the plain flavour locks)."""
-        return _call_now
-
-    def _wait(self, timeout: float | None) -> None:
-        """Block the caller until :meth:`_wake` or ``timeout``; called with the lock held."""
-        raise NotImplementedError
-
-    def _wake(self) -> None:
-        """Wake every caller blocked in :meth:`_wait`; called with the lock held, last."""
-        raise NotImplementedError
 
     # Life cycle.
 
     def start(self) -> None:
         """Start reading and keepalive; called once, after the handshake."""
-        with self._lock:
+        with self.lock:
             self._update_reading()
             self._schedule_keepalive()
-        if self._registry is not None:
-            self._registry.add(self)
 
     @property
     def connected(self) -> bool:
@@ -254,74 +163,43 @@ class Connection:
         return "" if self.protocol.state is CLOSED else None
 
     @property
-    def rooms(self) -> frozenset[str]:
-        """The rooms this connection is in (see ``join``)."""
-        return self._joined
-
-    def _rooms(self) -> Rooms:
-        if self._registry is None:
-            raise RuntimeError("this connection was not made by the extension: it has no rooms")
-        return self._registry
+    def buffered(self) -> int:
+        """Bytes waiting to be sent."""
+        return self._out_size
 
     @property
-    def timeout(self) -> float | None:
-        """The default timeout of ``receive`` (0.6.1 name)."""
-        return self.options.receive_timeout
+    def backlogged(self) -> bool:
+        """Whether a sender should wait: over ``write_limit`` bytes wait to be sent."""
+        return self._out_size > self.options.write_limit and self.protocol.state is OPEN
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.environ.get('PATH_INFO', '')}>"
-
-    def _closed_error(self) -> ConnectionClosed:
+    def closed_error(self) -> ConnectionClosed:
+        """The :class:`ConnectionClosed` that tells the peer's close code and reason."""
         return ConnectionClosed(self.close_code or 1006, self.close_reason or "")
 
-    def _pop_message(self) -> Message | None:
-        """The next queued message; ``None``: wait for one. Raises once closed and drained."""
+    def next_message(self) -> Message | None:
+        """The next received message; ``None``: none yet. Raises :class:`ConnectionClosed`
+        once closed and every message was taken. With the lock held."""
         if self._messages:
             message = self._messages.popleft()
             if not self._reading:
                 self._update_reading()
             return message
-        if self.closed:
-            raise self._closed_error()
+        if self.protocol.state is CLOSED:
+            raise self.closed_error()
         return None
 
-    def recv_nb(self) -> Message | None:
-        """A message already received, or ``None``; never waits."""
-        with self._lock:
+    def poll_message(self) -> Message | None:
+        """A message already received or readable from the socket now, or ``None``."""
+        with self.lock:
             if not self._messages and self._reading:
                 self.on_readable()
-            return self._pop_message()
-
-    def _report_failure(self, app: Flask, handler: Callable[..., Any], error: Exception) -> None:
-        """Log an unhandled exception of a handler to ``app.logger``, with its route, in full,
-        and send Flask's ``got_request_exception`` signal, as Flask does for a view."""
-        from flask import got_request_exception, has_request_context, request
-
-        rule = request.url_rule if has_request_context() else None
-        app.logger.error(
-            "Exception in WebSocket handler %s (route %s) for %s",
-            getattr(handler, "__name__", handler),
-            rule.rule if rule is not None else "?",
-            self.environ.get("PATH_INFO"),
-            exc_info=error,
-        )
-        got_request_exception.send(app, exception=error)
-
-    @staticmethod
-    def _close_args(result: Any) -> tuple[int, str]:
-        """The close code and reason an error handler returned: a code, a pair, or ``None``."""
-        if result is None:
-            return 1011, ""
-        if isinstance(result, int):
-            return result, ""
-        code, reason = result
-        return int(code), str(reason)
+            return self.next_message()
 
     # Reading: called by the reactor.
 
     def on_readable(self) -> None:
         """Read what the socket has and act on it."""
-        with self._lock:
+        with self.lock:
             try:
                 data = os.read(self.fd, READ_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -337,7 +215,7 @@ class Connection:
                     self._receive_eof()
             except Exception:  # a bug here must not take the worker down
                 logger.exception("WebSocket connection %s failed", self.id)
-                self._fail(1011, "internal error")
+                self.fail(1011, "internal error")
             self._update_reading()
             self._wake()
 
@@ -360,22 +238,10 @@ class Connection:
                 pos = end
                 self._after_protocol()
                 break
-            b0 = view[pos]
-            b1 = view[pos + 1]
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(view[pos + 2 : pos + 4], "big")
-                start += 2
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(view[pos + 2 : pos + 10], "big")
-                start += 8
-            if b1 & 0x80:
-                start += 4  # the masking key
+            header = read_header(view, pos, end)
+            if header is None:
+                break
+            start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
                 protocol.receive_data(view[pos:])
@@ -385,15 +251,17 @@ class Connection:
             stop = start + length
             if stop > end:
                 break
+            b0 = view[pos]
+            masked = view[pos + 1] & 0x80
             # RSV bits clear: not compressed, so permessage-deflate, the one extension
             # ever agreed, would pass it through unchanged.
-            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 and protocol.current_size is None:
+            if (b0 == 0x81 or b0 == 0x82) and masked and protocol.current_size is None:
                 payload = apply_mask(view[start:stop], view[start - 4 : start])
                 if b0 == 0x81:
                     try:
                         messages.append(payload.decode())
                     except UnicodeDecodeError as exc:
-                        self._fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
+                        self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
                         pos = end
                         break
                 else:
@@ -444,7 +312,7 @@ class Connection:
                 else:
                     self._parts.append(frame.data)
             except UnicodeDecodeError as exc:
-                self._fail(1007, f"invalid UTF-8: {exc.reason}")
+                self.fail(1007, f"invalid UTF-8: {exc.reason}")
                 return
             if frame.fin:
                 parts, self._parts = self._parts, []
@@ -495,7 +363,7 @@ class Connection:
 
     def on_writable(self) -> None:
         """Write buffered output until the socket is full or the buffer empty."""
-        with self._lock:
+        with self.lock:
             out = self._out
             try:
                 while out:
@@ -534,7 +402,7 @@ class Connection:
             self._shutdown()
 
     def _on_linger(self) -> None:
-        with self._lock:
+        with self.lock:
             remaining = self._linger_until - time.monotonic()
             if remaining > 0:
                 self._linger_timer = self.reactor.call_later(remaining, self._on_linger)
@@ -575,12 +443,14 @@ class Connection:
         if self.protocol.state is CLOSED and self._eof_received:
             self._stop_timers()
 
-    # Sending, closing, keepalive: called with the lock held.
+    # Sending, closing, keepalive.
 
-    def _send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+    def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        """Send a text or binary frame; raises :class:`ConnectionClosed` once closing.
+        With the lock held; never waits (see :attr:`backlogged`)."""
         protocol = self.protocol
         if protocol.state is not OPEN:
-            raise self._closed_error()
+            raise self.closed_error()
         if protocol.extensions:
             if opcode == Opcode.TEXT:
                 protocol.send_text(payload)
@@ -592,47 +462,49 @@ class Connection:
         else:
             self._write(frame_header(opcode, len(payload)) + payload)
 
-    def _send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held."""
         if isinstance(message, str):
-            self._send_frame(Opcode.TEXT, message.encode())
+            self.send_frame(Opcode.TEXT, message.encode())
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self._send_frame(Opcode.BINARY, message)
+            self.send_frame(Opcode.BINARY, message)
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
-    def _deliver(self, frame: bytes) -> None:
-        """Queue a broadcast's ``frame``, or close with 1013 when the output already waiting
-        and the frame would be over ``max_send_buffer``."""
-        with self._lock:
+    def deliver(self, frame: bytes) -> None:
+        """Queue ``frame``, a whole frame made for many connections (a broadcast), or close
+        with 1013 when output is already waiting and ``frame`` would take it over
+        ``max_send_buffer``. Does nothing once closing; never waits."""
+        with self.lock:
             if self.protocol.state is not OPEN:
                 return
             limit = self.options.max_send_buffer
             if self._out and self._out_size + len(frame) > limit:
-                self._begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
+                self.begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
                 self._wake()
             else:
                 self._write(frame)
 
-    def _backlogged(self) -> bool:
-        return self._out_size > self.options.write_limit and self.protocol.state is OPEN
-
-    def _ping(self, data: bytes | str) -> None:
+    def ping(self, data: bytes | str) -> None:
+        """Send a ping; the pong is taken care of. With the lock held."""
         if isinstance(data, str):
             data = data.encode()
         if self.protocol.state is not OPEN:
-            raise self._closed_error()
+            raise self.closed_error()
         self.protocol.send_ping(data)
         self._flush_protocol()
 
-    def _begin_close(self, code: int, reason: str) -> None:
+    def begin_close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code``; nothing once closing. With the lock
+        held; the connection is :attr:`closed` when it ends (``close_timeout`` at most)."""
         if self.protocol.state is OPEN:
             self.protocol.send_close(code, reason)
             self._flush_protocol()
             self._start_close_timer()
             self._update_reading()  # read the peer's answer even when the queue is full
 
-    def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455, section 7.1.7) with ``code``."""
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455, section 7.1.7) with ``code``. With the lock held."""
         self._failed = True
         if self.protocol.state is OPEN:
             self.protocol.fail(code, reason)
@@ -653,7 +525,7 @@ class Connection:
             )
 
     def _on_close_timeout(self) -> None:
-        with self._lock:
+        with self.lock:
             self._close_timer = None
             self._abort()
             self._wake()
@@ -665,7 +537,7 @@ class Connection:
             )
 
     def _on_keepalive(self) -> None:
-        with self._lock:
+        with self.lock:
             self._keepalive_timer = None
             if self.protocol.state is not OPEN:
                 return
@@ -680,7 +552,7 @@ class Connection:
             self._schedule_keepalive()
 
     def _on_pong_timeout(self) -> None:
-        with self._lock:
+        with self.lock:
             self._pong_timer = None
             if self._ping_payload is None or self.protocol.state is not OPEN:
                 return
@@ -692,7 +564,7 @@ class Connection:
                     self.options.ping_timeout, self._on_pong_timeout
                 )
                 return
-            self._fail(1011, "keepalive ping timeout")
+            self.fail(1011, "keepalive ping timeout")
             self._abort()
             self._wake()
 
@@ -703,19 +575,11 @@ class Connection:
                 timer.cancel()
                 setattr(self, name, None)
 
-    # Waiting for the closing handshake; releasing the socket.
+    # Releasing the socket.
 
-    def _close(self, code: int, reason: str) -> None:
-        """Run the closing handshake and wait until it ends (``close_timeout`` at most)."""
-        self._begin_close(code, reason)
-        while not self.closed:
-            self._wait(None)
-
-    def _release(self) -> None:
-        """Leave the rooms, stop watching the socket; uWSGI closes it when the request ends."""
-        if self._registry is not None:
-            self._registry.remove(self)
-        with self._lock:
+    def release(self) -> None:
+        """Stop watching the socket and the timers; its owner closes the socket after."""
+        with self.lock:
             self._stop_timers()
             self._reading = self._writing = False
         # Not under the lock: the plain flavour waits here for its I/O thread, which may

@@ -7,17 +7,15 @@ import binascii
 import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.exceptions import InvalidHandshake
 from websockets.extensions.base import Extension
 from websockets.headers import parse_subprotocol
 
+from ..exceptions import HandshakeError
 from . import compression
-
-if TYPE_CHECKING:
-    from .options import Options
 
 __all__ = [
     "Handshake",
@@ -26,22 +24,13 @@ __all__ = [
     "check_origin",
     "is_upgrade_attempt",
     "negotiate",
+    "normalize_origin",
     "select_subprotocol",
     "validate",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 Headers = list[tuple[str, str]]
-
-
-class HandshakeError(Exception):
-    """A refused upgrade: the HTTP status, a one-line reason and extra headers."""
-
-    def __init__(self, status: str, reason: str, headers: Headers | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or []
 
 
 def accept_key(key: str) -> str:
@@ -174,6 +163,18 @@ def select_subprotocol(
     return next((name for name in subprotocols if name in offered), None)
 
 
+class Terms(Protocol):
+    """What the server offers in a handshake (:class:`~.options.Options` has both)."""
+
+    @property
+    def subprotocols(self) -> Sequence[str] | Callable[[list[str]], str | None] | None:
+        """The subprotocols the server speaks, or a callable that picks one."""
+
+    @property
+    def deflate(self) -> Mapping[str, Any] | None:
+        """The permessage-deflate settings, or ``None`` when compression is off."""
+
+
 @dataclasses.dataclass
 class Handshake:
     """What the server agreed in an opening handshake."""
@@ -188,7 +189,7 @@ class Handshake:
     headers: Headers
 
 
-def negotiate(environ: Mapping[str, Any], options: Options) -> Handshake:
+def negotiate(environ: Mapping[str, Any], options: Terms) -> Handshake:
     """Validate an upgrade request and agree its subprotocol and extensions.
 
     Raises ``HandshakeError`` with 400 or 426 for a bad request (see :func:`validate`

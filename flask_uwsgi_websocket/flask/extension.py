@@ -1,30 +1,62 @@
-"""The Flask extension: routes, options, ``init_app`` and ``run``."""
+"""The Flask extension every flavour shares: routes, options, ``init_app``, broadcast, ``run``.
+
+Each flavour's extension (``threads.WebSocket``, ``gevent.GeventWebSocket``,
+``asyncio.AsyncioWebSocket``) is this class with its client class, loop engine
+and ``run`` defaults.
+"""
 
 from __future__ import annotations
 
 import inspect
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from flask import current_app, has_app_context
 from werkzeug.routing import WebsocketMismatch
 
+from .. import uwsgi_api
+from ..broadcast.brokers import Broker, LocalBroker, make_broker
+from ..broadcast.message import Broadcast
+from ..broadcast.registry import Rooms
+from ..core.options import Options
+from ..runner import INSTALL_HINT, run_uwsgi
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
-from .brokers import Broker, LocalBroker, make_broker, start_in_each_worker
 from .middleware import WebSocketMiddleware
-from .options import Options
-from .rooms import Broadcast, Rooms
-from .runner import INSTALL_HINT, run_uwsgi
 from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
 
 if TYPE_CHECKING:
     from flask import Blueprint, Flask
 
-__all__ = ["WebSocket"]
+    from ..core.handshake import Handshake
+    from .serving import ErrorHandlers
+
+__all__ = ["WebSocketExtension"]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
+
+
+class Client(Protocol):
+    """A flavour's client class, as the extension makes and runs it."""
+
+    def __init__(
+        self,
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake | None = None,
+        rooms: Rooms | None = None,
+    ) -> None: ...
+
+    def serve(
+        self,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
+    ) -> Exception | None:
+        """Run ``handler`` on the connection, then close it; the exception left unhandled."""
 
 
 class _AppState(NamedTuple):
@@ -32,8 +64,8 @@ class _AppState(NamedTuple):
     broker: Broker
 
 
-class WebSocket:
-    """The Flask extension, plain flavour: handlers run in the request's thread.
+class WebSocketExtension:
+    """The Flask extension; each flavour's sets :attr:`client_class` and its engine.
 
     ``WebSocket(app, **options)`` or ``WebSocket(**options)`` then
     ``init_app(app)``; the options are those of :class:`Options`, each also
@@ -50,8 +82,10 @@ class WebSocket:
 
     #: The middleware that wraps ``app.wsgi_app``.
     middleware_class: ClassVar[type[WebSocketMiddleware]] = WebSocketMiddleware
+    #: The client class handlers receive.
+    client_class: ClassVar[type[Client]]
     #: uWSGI options :meth:`run` adds unless given.
-    run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
+    run_defaults: ClassVar[dict[str, Any]] = {}
     #: The uWSGI loop engine the flavour needs (``None``: the default one).
     engine: ClassVar[str | None] = None
     #: The uWSGI plugins ``run`` checks the binary for.
@@ -80,6 +114,11 @@ class WebSocket:
         Under uWSGI, a loop engine that does not fit the flavour is an error here,
         at start-up, rather than a stuck worker at the first connection.
         """
+        if "uwsgi_websocket" in app.extensions:
+            raise RuntimeError(
+                f"a WebSocket extension is already registered on the app {app.name!r}: call"
+                f" init_app() once per app, and give one app one extension"
+            )
         self.check_engine()
         options = self.options.from_config(app.config)
         url = app.config.get("WEBSOCKET_BROKER_URL", self.broker_url)
@@ -88,7 +127,9 @@ class WebSocket:
         app.extensions["uwsgi_websocket"] = self
         self._apps[app] = _AppState(options, broker)
         _warn_if_several_workers(app, broker)
-        start_in_each_worker(broker)
+        if not isinstance(broker, LocalBroker):
+            # Subscribed before the worker's first connection.
+            uwsgi_api.in_each_worker(broker.start)
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
         # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
         if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
@@ -110,6 +151,27 @@ class WebSocket:
     def app_options(self, app: Flask) -> Options:
         """The options of ``app``: the extension's, then its ``WEBSOCKET_*`` config."""
         return self._apps[app].options
+
+    def serve(
+        self,
+        app: Flask,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake,
+    ) -> Exception | None:
+        """Serve the connection the view has just upgraded: run ``handler`` on it.
+
+        Called by the route's view (see ``views``) after the ``101``; returns the
+        exception no error handler took.
+        """
+        broker = self.broker(app)
+        broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
+        client = self.client_class(
+            uwsgi_api.connection_fd(), environ, options, handshake, broker.rooms
+        )
+        return client.serve(handler, kwargs, self, app)
 
     def broker(self, app: Flask | None = None) -> Broker:
         """The broker of ``app`` (default: the current app)."""
@@ -242,13 +304,9 @@ class WebSocket:
 
     def check_engine(self) -> None:
         """Raise ``RuntimeError`` when uWSGI runs a loop engine this flavour cannot use."""
-        try:
-            import uwsgi
-        except ImportError:
+        if not uwsgi_api.running():
             return  # not under uWSGI: app.run() will start it with the right engine
-        loop = getattr(uwsgi, "loop", None)
-        if isinstance(loop, bytes):
-            loop = loop.decode()
+        loop = uwsgi_api.loop_engine()
         if loop != self.engine:
             wanted = f"--{self.engine} N" if self.engine else "--threads N or --processes N"
             raise RuntimeError(
@@ -284,14 +342,11 @@ class WebSocket:
 
 def _warn_if_several_workers(app: Flask, broker: Broker) -> None:
     """Warn, once per uWSGI instance, that in-process broadcasts stay in one worker."""
-    try:
-        import uwsgi
-    except ImportError:
-        return
-    if isinstance(broker, LocalBroker) and uwsgi.numproc > 1 and uwsgi.worker_id() <= 1:
+    workers = uwsgi_api.worker_count()
+    if isinstance(broker, LocalBroker) and workers > 1 and uwsgi_api.worker_id() <= 1:
         app.logger.warning(
             "uWSGI runs %d worker processes and the WebSocket broker is in-process: a "
             "broadcast reaches only the connections of the worker that makes it. Set "
             "WEBSOCKET_BROKER_URL = 'redis://host:port/db' to reach them all.",
-            uwsgi.numproc,
+            workers,
         )

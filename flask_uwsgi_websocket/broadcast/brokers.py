@@ -14,7 +14,7 @@ up no worker:
   sends them in pipelined batches, in the order they were made, so a sender's
   broadcasts arrive in order;
 - the subscriber receives them and hands each to the worker's connections
-  (see :meth:`~flask_uwsgi_websocket.rooms.Rooms.deliver`).
+  (see :meth:`~flask_uwsgi_websocket.broadcast.registry.Rooms.deliver`).
 
 Both start as the worker is forked, and the publisher sends nothing before the
 subscriber has subscribed, so a connection gets every broadcast made after it
@@ -40,12 +40,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .rooms import Broadcast, Rooms
+from .message import Broadcast
+from .registry import Rooms
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker", "start_in_each_worker"]
+__all__ = ["Broker", "LocalBroker", "RedisBroker", "make_broker"]
 
 #: Broadcasts waiting for the publisher, and their bytes, at most: more are dropped (and
 #: counted) until it catches up.
@@ -297,28 +298,6 @@ def backoff() -> Iterator[float]:
     while True:
         yield delay
         delay = min(delay * 2, LAST_RETRY)
-
-
-def start_in_each_worker(broker: Broker) -> None:
-    """Start ``broker`` in each uWSGI worker as it is forked (now, in a worker that loads
-    the app itself), so that it has subscribed before the worker's first connection."""
-    try:
-        import uwsgi
-    except ImportError:
-        return
-    if isinstance(broker, LocalBroker):
-        return
-    if uwsgi.worker_id() > 0:
-        broker.start()
-        return
-    previous = getattr(uwsgi, "post_fork_hook", None)
-
-    def post_fork() -> None:
-        if previous is not None:
-            previous()
-        broker.start()
-
-    uwsgi.post_fork_hook = post_fork
 
 
 def make_broker(url: str | None, rooms: Rooms, channel: str | None, log: Any = None) -> Broker:

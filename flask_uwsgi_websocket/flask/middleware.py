@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 
-from .client import WebSocketClient
-from .handshake import HandshakeError, is_upgrade_attempt, validate
-from .views import refusal
+from ..core.handshake import is_upgrade_attempt, validate
+from ..exceptions import HandshakeError
+from .views import Server, refusal
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from flask import Flask
 
-    from .extension import WebSocket
-    from .options import Options
+    from ..core.options import Options
 
 __all__ = ["WebSocketMiddleware"]
 
@@ -32,10 +31,7 @@ class WebSocketMiddleware:
     other request goes to the wrapped application untouched.
     """
 
-    #: The client class handlers receive; each flavour sets its own.
-    client_class: type[WebSocketClient] = WebSocketClient
-
-    def __init__(self, wsgi_app: WSGIApplication, websocket: WebSocket, app: Flask) -> None:
+    def __init__(self, wsgi_app: WSGIApplication, websocket: Server, app: Flask) -> None:
         self.wsgi_app = wsgi_app
         self.websocket = websocket
         self.app = app

@@ -1,4 +1,4 @@
-"""Connection options: their defaults, and how they are read from config and routes."""
+"""Connection options: their defaults, and how they are read from a config mapping and routes."""
 
 from __future__ import annotations
 

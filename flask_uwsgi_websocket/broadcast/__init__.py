@@ -1,0 +1,7 @@
+"""Broadcast: one message to many connections, in this process and across processes.
+
+- ``message``: :class:`~.message.Broadcast`, and its encoding between processes.
+- ``registry``: :class:`~.registry.Rooms`, an app's connections in this process
+  and their rooms, and delivery to them.
+- ``brokers``: how a broadcast reaches every process's registry (in-process, Redis).
+"""

@@ -1,0 +1,122 @@
+"""The registry of an app's connections in this process and their rooms, and delivery.
+
+In each process, :meth:`Rooms.deliver` frames a broadcast once -- one unmasked,
+uncompressed frame, the same bytes for every recipient -- and queues those bytes
+on each recipient's connection. A connection whose unsent output is over its
+``max_send_buffer`` is not given more: it is closed with 1013 (Try Again Later),
+so a slow consumer neither grows memory nor holds up the broadcaster and the
+other recipients.
+
+Uncompressed on purpose, also on connections that agreed permessage-deflate:
+RFC 7692 lets each message be compressed or not (the RSV1 bit), and a frame
+compressed once could not be shared, since each connection's compressor keeps
+its own context.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ..core.framing import build_frame
+from .message import Broadcast, check_room
+
+__all__ = ["Member", "Rooms"]
+
+
+class Member(Protocol):
+    """What the registry needs of a connection (:class:`~..core.connection.Connection`)."""
+
+    #: The connection's identifier, as ``exclude`` names it.
+    id: str
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue ``frame``, or close the connection when it is a slow consumer."""
+
+
+class Rooms:
+    """The connections of one app in this process, and the rooms they joined.
+
+    Connections enter when their handler starts and leave, with all their rooms,
+    when it ends. Safe to use from any thread; :meth:`deliver` hands the work to
+    the thread that runs the connections (the gevent hub, the asyncio loop).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._all: set[Member] = set()
+        self._rooms: dict[str, set[Member]] = {}
+        self._joined: dict[Member, frozenset[str]] = {}
+        # Runs a function where the connections' callbacks run: set by the first one.
+        self._call: Callable[[Callable[[], None]], None] | None = None
+
+    def add(self, connection: Member, call: Callable[[Callable[[], None]], None]) -> None:
+        """Count ``connection`` among the app's connections. ``call`` runs a function
+        where its callbacks run, from any thread (its reactor's ``call_soon_threadsafe``);
+        the first connection's is kept, since a process runs one flavour."""
+        with self._lock:
+            self._all.add(connection)
+            if self._call is None:
+                self._call = call
+
+    def remove(self, connection: Member) -> None:
+        """Forget ``connection`` and take it out of every room."""
+        with self._lock:
+            self._all.discard(connection)
+            for room in self._joined.get(connection, ()):
+                self._take_out(connection, room)
+            self._joined.pop(connection, None)
+
+    def rooms_of(self, connection: Member) -> frozenset[str]:
+        """The rooms ``connection`` is in."""
+        return self._joined.get(connection, frozenset())
+
+    def join(self, connection: Member, room: str) -> None:
+        """Put ``connection`` in ``room``."""
+        check_room(room)
+        with self._lock:
+            if connection in self._all:
+                self._rooms.setdefault(room, set()).add(connection)
+                self._joined[connection] = self._joined.get(connection, frozenset()) | {room}
+
+    def leave(self, connection: Member, room: str) -> None:
+        """Take ``connection`` out of ``room``; nothing happens if it is not in."""
+        check_room(room)
+        with self._lock:
+            self._take_out(connection, room)
+
+    def _take_out(self, connection: Member, room: str) -> None:
+        """Take ``connection`` out of ``room``, which goes when empty; with the lock held."""
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._rooms[room]
+        joined = self._joined.get(connection)
+        if joined is not None and room in joined:
+            self._joined[connection] = joined - {room}
+
+    def count(self, room: str | None = None) -> int:
+        """How many connections of this process are in ``room`` (``None``: in all)."""
+        with self._lock:
+            return len(self._all if room is None else self._rooms.get(room, ()))
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        """Queue ``broadcast`` on every recipient in this process; never waits."""
+        call = self._call
+        if call is not None:
+            call(lambda: self._deliver_now(broadcast))
+
+    def _deliver_now(self, broadcast: Broadcast) -> None:
+        room = broadcast.room
+        with self._lock:
+            members: Iterable[Member] = self._all if room is None else self._rooms.get(room, ())
+            recipients = list(members)
+        if not recipients:
+            return
+        frame = build_frame(broadcast.opcode, broadcast.payload)
+        exclude = broadcast.exclude
+        for connection in recipients:
+            if not exclude or connection.id not in exclude:
+                connection.deliver(frame)

@@ -1,0 +1,59 @@
+"""Frames (RFC 6455, section 5.2): headers read from received data, frames built to send.
+
+Only what the connection's fast path needs; every other frame is parsed by the
+``websockets`` sans-I/O :class:`~websockets.protocol.Protocol`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["Message", "apply_mask", "build_frame", "frame_header", "read_header"]
+
+#: A whole message: ``str`` for text, ``bytes`` for binary.
+Message = str | bytes
+
+_pack_short = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+
+def read_header(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
+    """The frame header at ``data[pos:end]``: ``(payload start, payload length)``.
+
+    The payload starts after the masking key when the frame is masked. ``None``
+    when the header is not complete yet.
+    """
+    length = data[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        if end - pos < 4:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        start += 2
+    elif length == 127:
+        if end - pos < 10:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        start += 8
+    if data[pos + 1] & 0x80:
+        start += 4  # the masking key
+    return start, length
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of an unmasked, final, unextended frame (RFC 6455, section 5.2)."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return _pack_short(0x80 | opcode, 126, length)
+    return _pack_long(0x80 | opcode, 127, length)
+
+
+def build_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked, final, unextended frame of ``payload``."""
+    return frame_header(opcode, len(payload)) + payload

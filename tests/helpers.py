@@ -1,0 +1,415 @@
+"""What the tests and the benchmarks share: real servers, raw clients, waiting.
+
+- :class:`ServerProcess`, :class:`UwsgiServer`, :class:`AppServer`: real uWSGI processes
+  on free loopback ports (``tests/app.py`` in each flavour for :class:`AppServer`).
+- :class:`RedisServer`: a real ``redis-server``.
+- :class:`RawClient` and :func:`frame`: a raw-socket WebSocket client for the tests that
+  send what real clients never would. It frames by hand on purpose: malformed frames are
+  its job.
+- :func:`wait_for`, :func:`upgrade_environ`, :func:`child_env`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask_uwsgi_websocket.core.handshake import accept_key
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+ROOT = Path(__file__).resolve().parent.parent
+UWSGI = str(Path(sys.executable).parent / "uwsgi")
+
+#: uWSGI options of each flavour, as the README documents them.
+FLAVOUR_ARGS = {
+    "plain": ["--threads", "8"],
+    "gevent": ["--gevent", "100"],
+    "asyncio": ["--asyncio", "100", "--greenlet"],
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_answer(
+    process: subprocess.Popen[Any],
+    port: int,
+    request: bytes,
+    answer: bytes,
+    timeout: float,
+    name: str,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until ``process`` (called ``name`` in errors) answers ``request`` on ``port``
+    with ``answer`` first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(request)
+                if sock.recv(64).startswith(answer):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not answer within {timeout} s:\n{output()}")
+
+
+class ServerProcess:
+    """A server process (``uwsgi``, or ``python script`` that becomes uWSGI) on ``port``.
+
+    Its output goes to a temporary file; ``env`` is its whole environment (default:
+    this process's).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        cwd: str | Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = list(args)
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.url = f"ws://{self.address}"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env
+        )
+        self.pid = self.process.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the app answers HTTP (so the worker has loaded it)."""
+        request = b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        wait_for_answer(self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output)
+
+    def output(self) -> str:
+        """What the server has logged so far."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> int:
+        """Stop it with SIGINT (SIGTERM would make uWSGI reload); return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"did not exit on SIGINT:\n{self.output()}") from None
+        return self.process.returncode
+
+    def close(self) -> None:
+        """Stop it and delete its log."""
+        try:
+            self.stop()
+        finally:
+            self.log.close()
+            os.unlink(self.log.name)
+
+    def __enter__(self) -> Self:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class UwsgiServer(ServerProcess):
+    """A uWSGI master serving ``app_args`` on a free loopback port.
+
+    ``mode`` is how clients reach the worker: ``"http"`` (the ``--http`` router
+    with ``--http-websockets``), ``"http-socket"`` (the worker speaks HTTP), or
+    ``"http-socket-websockets"`` (both ``--http-socket`` and ``--http-websockets``).
+    """
+
+    def __init__(
+        self,
+        app_args: Sequence[str],
+        extra_args: Sequence[str] = (),
+        mode: str = "http",
+        env: dict[str, str] | None = None,
+        cwd: str | Path = ROOT,
+    ) -> None:
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        if mode == "http":
+            listen = ["--http", address, "--http-websockets"]
+        elif mode == "http-socket":
+            listen = ["--http-socket", address]
+        elif mode == "http-socket-websockets":
+            listen = ["--http-socket", address, "--http-websockets"]
+        else:
+            raise ValueError(mode)
+        args = [
+            UWSGI, "--master", *listen, "--virtualenv", sys.prefix, "--pythonpath", str(ROOT),
+            "--need-app", *app_args, *extra_args,
+        ]  # fmt: skip
+        super().__init__(args, port, cwd, {**os.environ, **(env or {})})
+
+
+APP_MODULES = {"asyncio": "tests.app_asyncio:app"}
+
+
+class AppServer(UwsgiServer):
+    """``tests/app.py`` served by uWSGI in one flavour."""
+
+    def __init__(self, flavour: str, mode: str = "http", extra_args: tuple[str, ...] = ()) -> None:
+        self.flavour = flavour
+        super().__init__(
+            [
+                "--module",
+                APP_MODULES.get(flavour, "tests.app:app"),
+                "--sharedarea",
+                "1",
+                *FLAVOUR_ARGS[flavour],
+            ],
+            extra_args,
+            mode=mode,
+            env={"TEST_FLAVOUR": flavour},
+        )
+
+    def http(self, path: str, method: str = "GET") -> Any:
+        """The body of an HTTP request to the app (JSON decoded when it is JSON)."""
+        req = urllib.request.Request(f"http://{self.address}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=10) as response:
+            body = response.read()
+            if response.headers.get_content_type() == "application/json":
+                return json.loads(body)
+            return body.decode()
+
+    def events(self, route: str | None = None) -> list[dict[str, Any]]:
+        """What the app's handlers recorded (see ``tests/app.py``)."""
+        found: list[dict[str, Any]] = self.http("/events")
+        return [e for e in found if route is None or e.get("route") == route]
+
+
+def redis_binary() -> str:
+    """The system's ``redis-server`` (``scripts/install.sh --test`` installs it)."""
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server not found: run scripts/install.sh --test")
+    return found
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1 with no persistence; :meth:`kill` and :meth:`start`
+    again on the same port simulate an outage."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.TemporaryDirectory(prefix="redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait until it answers ``PING``."""
+        self.process = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis-server")
+
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM: redis-server exits)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.dir.cleanup()
+
+
+TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+
+
+def frame(
+    opcode: int, payload: bytes = b"", fin: bool = True, mask: bool = True, rsv: int = 0
+) -> bytes:
+    """A client frame; ``mask=False`` and ``rsv`` make malformed ones."""
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    length = len(payload)
+    bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([bit | length])
+    elif length < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode()
+
+
+class RawClient:
+    """One WebSocket connection over a plain socket."""
+
+    def __init__(self, address: str, path: str, headers: dict[str, str] | None = None) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {address}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(4096)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            self.buffer += data
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        self.status_line, *header_lines = head.decode().split("\r\n")
+        self.headers = {
+            k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)
+        }
+        assert self.status_line.startswith("HTTP/1.1 101"), self.status_line
+        assert self.headers["sec-websocket-accept"] == accept_key(key)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.buffer += data
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def recv_frame(self) -> tuple[int, bytes, bool]:
+        """The next server frame: (opcode, payload, fin); its RSV bits go to ``self.rsv``."""
+        b0, b1 = self._read(2)
+        self.rsv = (b0 >> 4) & 0x7
+        assert not b1 & 0x80, "server frames are not masked"
+        length = b1 & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read(8))
+        return b0 & 0x0F, self._read(length), bool(b0 & 0x80)
+
+    def recv_data(self) -> tuple[int, bytes]:
+        """The next non-ping, non-pong frame."""
+        while True:
+            opcode, payload, _ = self.recv_frame()
+            if opcode not in (PING, PONG):
+                return opcode, payload
+
+    def expect_close(self, timeout: float = 10.0) -> tuple[int, str]:
+        """Read until the server's close frame; return its code and reason."""
+        self.sock.settimeout(timeout)
+        while True:
+            opcode, payload, _ = self.recv_frame()
+            if opcode == CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+                return code, payload[2:].decode()
+
+    def wait_eof(self, timeout: float = 10.0) -> float:
+        """Wait until the server closes TCP; return how long it took."""
+        started = time.monotonic()
+        self.sock.settimeout(timeout)
+        while True:
+            if not self.sock.recv(65536):
+                return time.monotonic() - started
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """The first true result of ``predicate()``, polled for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade_environ(**changes: str | None) -> dict[str, Any]:
+    """A valid upgrade request's environ; ``NAME=None`` removes ``NAME``."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/echo",
+        "HTTP_HOST": "localhost",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": RFC_KEY,
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    for name, value in changes.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    return environ
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of the processes the tests start.
+
+    No VIRTUAL_ENV: the venv's uWSGI finds the venv by itself. PYTHONPATH has
+    the checkout, for a venv where the package is not installed.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "FLASK_DEBUG")}
+    env.pop("FLASK_RUN_HOST", None)
+    env.pop("FLASK_RUN_PORT", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
