@@ -5,7 +5,8 @@ limits and performance (9, 10), permessage-deflate (12, 13). Every case must be 
 NON-STRICT or INFORMATIONAL, and its closing never FAILED. One wstest per flavour, side
 by side. wstest is installed by ``scripts/install.sh --test`` (``AUTOBAHN_HOME`` or
 ``~/.cache/autobahn-testsuite``). README.rst's conformance table comes from this run;
-``python -m tests.test_autobahn`` runs it alone and prints the table.
+``python -m tests.test_autobahn`` runs it alone and prints the table; ``pytest -m "not autobahn"``
+runs everything else (README.rst's test command and CI run it too).
 
 The examples are served with ``--http-socket``: this measures the protocol, which is this
 package's, and keeps uWSGI's ``--http`` router out of a run that moves about 10 GB. The
@@ -114,6 +115,7 @@ def failures(cases: dict[str, Any]) -> list[str]:
     )
 
 
+@pytest.mark.autobahn
 def test_autobahn_sections_1_to_13(tmp_path: Path) -> None:
     results = run_suite(tmp_path)
     assert {flavour: len(cases) for flavour, cases in results.items()} == {
