@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -48,3 +49,82 @@ def test_public_names_are_exported_and_documented() -> None:
             for attr, member in vars(obj).items():
                 if not attr.startswith("_") and inspect.isfunction(member):
                     assert inspect.getdoc(member), f"{name}.{attr}"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports, type-only ones too."""
+    package = ROOT / "flask_uwsgi_websocket"
+
+    def name_of(path: Path) -> str:
+        parts = list(path.with_suffix("").relative_to(ROOT).parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    paths = {name_of(path): path for path in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        here = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = here.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    found.add(target if target in paths else base)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[module] = found
+    return graph
+
+
+def test_no_import_cycle_between_the_package_modules() -> None:
+    graph = _package_imports()
+    inside = {
+        module: {d for d in deps if d in graph and d != module} for module, deps in graph.items()
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join([*path, module])}"
+        if module in done:
+            return
+        for dep in inside[module]:
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in inside:
+        visit(module, [])
+
+
+def test_the_core_knows_neither_flask_nor_uwsgi_and_one_module_talks_to_uwsgi() -> None:
+    graph = _package_imports()
+    for module, deps in graph.items():
+        outside = {dep.split(".")[0] for dep in deps if not dep.startswith("flask_uwsgi_websocket")}
+        if module.startswith("flask_uwsgi_websocket.core"):
+            assert not outside & {"flask", "werkzeug", "uwsgi"}, module
+            assert all(
+                dep.startswith(("flask_uwsgi_websocket.core", "flask_uwsgi_websocket.exceptions"))
+                for dep in deps
+                if dep.startswith("flask_uwsgi_websocket")
+            ), module
+        if module != "flask_uwsgi_websocket.uwsgi_api":
+            assert "uwsgi" not in outside, module
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    # Werkzeug's LocalProxy._get_current_object is its documented way to the proxied object.
+    allowed = {"_get_current_object"}
+    for path in (ROOT / "flask_uwsgi_websocket").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [alias.name for alias in node.names]
+                assert not [n for n in names if n.startswith("_") and not n.startswith("__")], path
+            if not isinstance(node, ast.Attribute) or node.attr in allowed:
+                continue
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                assert isinstance(owner, ast.Name) and owner.id in ("self", "cls"), (
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+                )
