@@ -451,6 +451,10 @@ class Connection:
         protocol = self.protocol
         if protocol.state is not OPEN:
             raise self.closed_error()
+        if type(payload) is not bytes:
+            # A copy: the caller may reuse its buffer once send() returned, and a memoryview's
+            # len() counts items, not bytes.
+            payload = bytes(payload)
         if protocol.extensions:
             if opcode == Opcode.TEXT:
                 protocol.send_text(payload)
