@@ -148,21 +148,6 @@ class Client:
         """A message already received, or ``None``; never waits."""
         return self.connection.poll_message()
 
-    def serve(
-        self,
-        handler: Callable[..., Any],
-        kwargs: dict[str, Any],
-        websocket: ErrorHandlers,
-        app: Flask,
-    ) -> Exception | None:
-        """Run ``handler(self, **kwargs)`` the flavour's way, then close: 1000 when it
-        returns, 1011 (or the error handler's choice) when it raises.
-
-        Called by the extension once the handshake is done; returns the exception that
-        no error handler took.
-        """
-        raise NotImplementedError
-
     # Shared by the flavours' methods of the same names.
 
     def _join(self, room: str) -> None:

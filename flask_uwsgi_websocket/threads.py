@@ -23,45 +23,6 @@ from .flask.middleware import WebSocketMiddleware
 __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
 
 
-class WebSocketClient(BlockingClient):
-    """A WebSocket connection, as a handler sees it (plain flavour).
-
-    ``receive`` returns ``str`` for a text message and ``bytes`` for a binary
-    one; ``send`` sends ``str`` as text and bytes-like objects as binary.
-    ``send`` and ``close`` may be called from any thread.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._lock = threading.RLock()
-        self._condition = threading.Condition(self._lock)
-        super().__init__(*args, **kwargs)
-
-    def _make_reactor(self, fd: int) -> Reactor:
-        return ThreadReactor(fd, IOThread.current())
-
-    def _make_lock(self) -> Any:
-        return self._lock
-
-    def _wait(self, timeout: float | None) -> None:
-        self._condition.wait(timeout)
-
-    def _wake(self) -> None:
-        self._condition.notify_all()
-
-
-class WebSocket(WebSocketExtension):
-    """The Flask extension, plain flavour: handlers run in the request's thread.
-
-    ``WebSocket(app, **options)`` or ``WebSocket(**options)`` then
-    ``init_app(app)``; see :class:`~flask_uwsgi_websocket.flask.extension.WebSocketExtension`.
-    """
-
-    client_class = WebSocketClient
-    run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
-    engine: ClassVar[str | None] = None
-    plugins: ClassVar[tuple[str, ...]] = ()
-
-
 class IOThread:
     """An asyncio event loop in a daemon thread: one per worker process."""
 
@@ -175,3 +136,42 @@ class ThreadReactor:
             loop.remove_writer(self.fd)
 
         self.io.call_and_wait(stop)
+
+
+class WebSocketClient(BlockingClient):
+    """A WebSocket connection, as a handler sees it (plain flavour).
+
+    ``receive`` returns ``str`` for a text message and ``bytes`` for a binary
+    one; ``send`` sends ``str`` as text and bytes-like objects as binary.
+    ``send`` and ``close`` may be called from any thread.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock = threading.RLock()
+        self._condition = threading.Condition(self._lock)
+        super().__init__(*args, **kwargs)
+
+    def _make_reactor(self, fd: int) -> Reactor:
+        return ThreadReactor(fd, IOThread.current())
+
+    def _make_lock(self) -> Any:
+        return self._lock
+
+    def _wait(self, timeout: float | None) -> None:
+        self._condition.wait(timeout)
+
+    def _wake(self) -> None:
+        self._condition.notify_all()
+
+
+class WebSocket(WebSocketExtension):
+    """The Flask extension, plain flavour: handlers run in the request's thread.
+
+    ``WebSocket(app, **options)`` or ``WebSocket(**options)`` then
+    ``init_app(app)``; see :class:`~flask_uwsgi_websocket.flask.extension.WebSocketExtension`.
+    """
+
+    client_class = WebSocketClient
+    run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
+    engine: ClassVar[str | None] = None
+    plugins: ClassVar[tuple[str, ...]] = ()

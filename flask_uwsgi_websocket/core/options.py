@@ -46,7 +46,7 @@ class Options:
     #: Seconds to wait for the peer to finish the closing handshake.
     close_timeout: float = 10.0
     #: permessage-deflate (RFC 7692), used when the client offers it: ``"deflate"``
-    #: (the settings of :data:`~flask_uwsgi_websocket.compression.DEFAULTS`), a dict
+    #: (the settings of :data:`~flask_uwsgi_websocket.core.compression.DEFAULTS`), a dict
     #: overriding some of them (``{"server_max_window_bits": 15}``), or ``None``: off.
     compression: str | Mapping[str, Any] | None = "deflate"
     #: Subprotocols the server speaks, most preferred first: the first one the client
