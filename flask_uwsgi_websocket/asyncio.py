@@ -135,12 +135,13 @@ class AsyncioWebSocketClient(Client):
         message received before has been returned.
         """
         connection = self.connection
-        message = connection.next_message()
-        if message is not None:
+        if timeout is DEFAULT:
+            timeout = self.options.receive_timeout
+        if timeout is None:  # the common case, without a generator
+            while (message := connection.next_message()) is None:
+                await self._wait(None)
             return message
-        steps = receiving(
-            connection, self.options.receive_timeout if timeout is DEFAULT else timeout
-        )
+        steps = receiving(connection, timeout)
         try:
             while True:
                 await self._wait(next(steps))

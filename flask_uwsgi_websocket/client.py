@@ -38,29 +38,23 @@ __all__ = ["BlockingClient", "Client", "receiving"]
 DEFAULT: Any = object()
 
 
-def receiving(
-    connection: Connection, timeout: float | None
-) -> Generator[float | None, None, Message | None]:
-    """Receive a message within ``timeout`` seconds (``None``: no limit).
+def receiving(connection: Connection, timeout: float) -> Generator[float, None, Message | None]:
+    """Receive a message within ``timeout`` seconds.
 
-    Yields how long to wait for the connection's next event (``None``: until
-    it comes); returns the message, or ``None`` when the time is up. Raises
-    :class:`ConnectionClosed` once the connection is closed and drained.
+    Yields how long to wait for the connection's next event; returns the message,
+    or ``None`` when the time is up. Raises :class:`ConnectionClosed` once the
+    connection is closed and drained. (Without a timeout, the faces wait in a loop
+    of their own: the hot path of an echo, where a generator would cost.)
     """
-    deadline = None
+    deadline = time.monotonic() + timeout
     while True:
         message = connection.next_message()
         if message is not None:
             return message
-        if timeout is None:
-            yield None
-            continue
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + timeout
-        if now >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             return None
-        yield deadline - now
+        yield remaining
 
 
 class Client:
@@ -195,13 +189,14 @@ class BlockingClient(Client):
         message received before has been returned.
         """
         connection = self.connection
+        if timeout is DEFAULT:
+            timeout = self.options.receive_timeout
         with connection.lock:
-            message = connection.next_message()
-            if message is not None:
+            if timeout is None:  # the common case, without a generator
+                while (message := connection.next_message()) is None:
+                    self._wait(None)
                 return message
-            steps = receiving(
-                connection, self.options.receive_timeout if timeout is DEFAULT else timeout
-            )
+            steps = receiving(connection, timeout)
             try:
                 while True:
                     self._wait(next(steps))
