@@ -23,12 +23,14 @@ from ..core.options import Options
 from ..runner import INSTALL_HINT, run_uwsgi
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
-from .views import WebSocketView, add_websocket_rule, not_an_upgrade, split_options
+from .views import WebSocketView, add_websocket_rule, not_an_upgrade, socket_fd, split_options
 
 if TYPE_CHECKING:
     from flask import Blueprint, Flask
+    from flask.testing import FlaskClient
 
     from ..core.handshake import Handshake
+    from ..testing import TestClient
     from .serving import ErrorHandlers
 
 __all__ = ["WebSocketExtension"]
@@ -168,10 +170,25 @@ class WebSocketExtension:
         """
         broker = self.broker(app)
         broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
-        client = self.client_class(
-            uwsgi_api.connection_fd(), environ, options, handshake, broker.rooms
-        )
+        client = self.client_class(socket_fd(environ), environ, options, handshake, broker.rooms)
         return client.serve(handler, kwargs, self, app)
+
+    def test_client(
+        self, app: Flask | None = None, flask_client: FlaskClient | None = None
+    ) -> TestClient:
+        """A test client of ``app`` (default: the extension's app, or ``flask_client``'s):
+        WebSocket connections in process, without uWSGI; see ``testing``.
+
+        ``flask_client`` (default: ``app.test_client()``) shares its cookies, so a test
+        that logged in with it connects logged in.
+        """
+        from ..testing import TestClient
+
+        if app is None:
+            app = flask_client.application if flask_client is not None else self._current_app()
+        if app not in self._apps:
+            raise RuntimeError(f"the app {app.name!r} does not use this extension")
+        return TestClient(self.engine, app, flask_client)
 
     def broker(self, app: Flask | None = None) -> Broker:
         """The broker of ``app`` (default: the current app)."""

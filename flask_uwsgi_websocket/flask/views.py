@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
 
-__all__ = ["Server", "WebSocketView", "add_websocket_rule", "split_options"]
+__all__ = ["SOCKET", "Server", "WebSocketView", "add_websocket_rule", "socket_fd", "split_options"]
 
 OPTION_NAMES = Options.names() | {"timeout"}
+#: The environ key of the connected socket a server other than uWSGI gives (the test client).
+SOCKET = "flask_uwsgi_websocket.socket"
 logger = logging.getLogger("flask_uwsgi_websocket")
 
 
@@ -101,7 +103,7 @@ def accept(
         return refusal(
             app, HandshakeError("500 Internal Server Error", "the WebSocket handshake failed")
         )
-    if not uwsgi_api.running():
+    if SOCKET not in environ and not uwsgi_api.running():
         logger.error("WebSocket routes need uWSGI: run the app with app.run() or uwsgi")
         return refusal(
             app, HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI")
@@ -149,6 +151,12 @@ def _switching_protocols(response_class: type[Response]) -> type[Response]:
 
         switching = _SWITCHING[response_class] = SwitchingProtocols
     return switching
+
+
+def socket_fd(environ: dict[str, Any]) -> int:
+    """The upgraded connection's socket: the one in ``environ[SOCKET]``, else uWSGI's."""
+    sock = environ.get(SOCKET)
+    return sock.fileno() if sock is not None else uwsgi_api.connection_fd()
 
 
 def refusal(app: Flask, error: HandshakeError) -> Response:
