@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="Flask-uWSGI-WebSocket",
@@ -11,7 +11,7 @@ setup(
     long_description=(Path(__file__).parent / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
-    packages=["flask_uwsgi_websocket"],
+    packages=find_packages(include=["flask_uwsgi_websocket", "flask_uwsgi_websocket.*"]),
     package_data={"flask_uwsgi_websocket": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=16"],
