@@ -14,6 +14,8 @@ setup(
     packages=find_packages(include=["flask_uwsgi_websocket", "flask_uwsgi_websocket.*"]),
     package_data={"flask_uwsgi_websocket": ["py.typed"]},
     python_requires=">=3.10",
+    # The fixtures websocket_client and websocket_live_server (README.rst, "Testing").
+    entry_points={"pytest11": ["flask_uwsgi_websocket = flask_uwsgi_websocket.pytest_plugin"]},
     install_requires=["Flask>=2.3", "Werkzeug>=2.3", "websockets>=16"],
     extras_require={
         "gevent": ["gevent>=23.9", "greenlet>=3"],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["build_command", "find_uwsgi", "run_uwsgi", "uwsgi_options"]
+__all__ = ["build_command", "checked_command", "find_uwsgi", "run_uwsgi", "uwsgi_options"]
 
 INSTALL_HINT = (
     "install it with the engines this package needs: "
@@ -205,13 +205,14 @@ def build_command(
     return argv, env
 
 
-def run_uwsgi(
+def checked_command(
     app: Flask,
     defaults: Mapping[str, Any] | None = None,
     plugins: Sequence[str] = (),
     **kwargs: Any,
-) -> NoReturn:
-    """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
+) -> tuple[list[str], dict[str, str]]:
+    """:func:`build_command`, after checking that the uWSGI binary has the ``plugins``
+    (the flavour's engines) unless ``plugin``/``plugins`` options load them."""
     argv, env = build_command(app, defaults, **kwargs)
     if plugins and not {"plugin", "plugins"} & set(kwargs):
         built_in = engines(argv[0])
@@ -220,6 +221,17 @@ def run_uwsgi(
             raise RuntimeError(
                 f"uWSGI at {argv[0]} has no {' or '.join(missing)} engine: {INSTALL_HINT}"
             )
+    return argv, env
+
+
+def run_uwsgi(
+    app: Flask,
+    defaults: Mapping[str, Any] | None = None,
+    plugins: Sequence[str] = (),
+    **kwargs: Any,
+) -> NoReturn:
+    """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
+    argv, env = checked_command(app, defaults, plugins, **kwargs)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)
