@@ -23,11 +23,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask_uwsgi_websocket.core.handshake import accept_key
+from flask_uwsgi_websocket.live_server import free_port, wait_for_answer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -41,40 +42,6 @@ FLAVOUR_ARGS = {
     "gevent": ["--gevent", "100"],
     "asyncio": ["--asyncio", "100", "--greenlet"],
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on at 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_answer(
-    process: subprocess.Popen[Any],
-    port: int,
-    request: bytes,
-    answer: bytes,
-    timeout: float,
-    name: str,
-    output: Callable[[], str] = lambda: "",
-) -> None:
-    """Wait until ``process`` (called ``name`` in errors) answers ``request`` on ``port``
-    with ``answer`` first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{output()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(request)
-                if sock.recv(64).startswith(answer):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not answer within {timeout} s:\n{output()}")
 
 
 class ServerProcess:
