@@ -96,4 +96,3 @@ def test_config_limit_and_route_override_apply(server: AppServer) -> None:
         with pytest.raises(ClientClosed) as info:
             ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
-
