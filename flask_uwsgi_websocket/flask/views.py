@@ -167,7 +167,13 @@ def refusal(app: Flask, error: HandshakeError) -> Response:
 
 
 def not_an_upgrade(error: Exception) -> Response:
-    """426 for a plain HTTP request to a WebSocket-only URL (Werkzeug's ``WebsocketMismatch``)."""
+    """Werkzeug's ``WebsocketMismatch``: 426 for a plain HTTP request to a WebSocket-only
+    URL; 400 for an upgrade request to a URL that has HTTP views only."""
+    if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        return refusal(
+            current_app,
+            HandshakeError("400 Bad Request", "this URL has no WebSocket endpoint"),
+        )
     return refusal(
         current_app,
         HandshakeError(
