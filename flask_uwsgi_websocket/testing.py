@@ -20,7 +20,6 @@ synchronous, and nothing in the test process is monkey-patched.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import contextlib
 import queue
@@ -28,7 +27,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from websockets.uri import parse_uri
 from .core.framing import Message
 from .exceptions import ConnectionClosed, WebSocketError
 from .flask.views import SOCKET
+from .runtimes import runtime
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -82,7 +82,7 @@ class TestClient:
     def __init__(self, engine: str | None, app: Flask, flask_client: FlaskClient | None = None):
         self.app = app
         self.flask_client = flask_client if flask_client is not None else app.test_client()
-        self._runtime = _runtime(engine)
+        self._runtime = runtime(engine)
 
     def connect(
         self,
@@ -331,71 +331,3 @@ class TestConnection:
                     self._sock.sendall(data)
                 else:
                     self._sock.shutdown(socket.SHUT_WR)
-
-
-# Where the server's side runs: the flavour's way, in threads of their own.
-
-
-class _Threads:
-    """Plain flavour: each request in a thread, as uWSGI's ``--threads``."""
-
-    def spawn(self, function: Callable[[], None]) -> None:
-        threading.Thread(target=function, name="websocket-test-request", daemon=True).start()
-
-
-class _Gevent:
-    """Gevent flavour: each request in a greenlet on a hub that runs in a thread of its own."""
-
-    def __init__(self) -> None:
-        started = threading.Event()
-        hub: list[Any] = []
-
-        def run() -> None:
-            import gevent
-
-            hub.append(gevent.get_hub())
-            started.set()
-            while True:  # keep the hub running for the greenlets it is given
-                gevent.sleep(3600)
-
-        threading.Thread(target=run, name="websocket-test-gevent", daemon=True).start()
-        started.wait()
-        self._hub = hub[0]
-
-    def spawn(self, function: Callable[[], None]) -> None:
-        import gevent
-
-        self._hub.loop.run_callback_threadsafe(gevent.spawn, function)
-
-
-class _Asyncio:
-    """Asyncio flavour: each request in a greenlet whose parent runs an asyncio loop in a
-    thread of its own, as uWSGI's ``--asyncio N --greenlet``."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_forever()
-
-        threading.Thread(target=run, name="websocket-test-asyncio", daemon=True).start()
-
-    def spawn(self, function: Callable[[], None]) -> None:
-        import greenlet
-
-        self._loop.call_soon_threadsafe(lambda: greenlet.greenlet(function).switch())
-
-
-_runtimes: dict[str | None, Any] = {}
-_runtimes_lock = threading.Lock()
-
-
-def _runtime(engine: str | None) -> Any:
-    """The process's runtime for ``engine``: made once, shared by every test client."""
-    with _runtimes_lock:
-        runtime = _runtimes.get(engine)
-        if runtime is None:
-            kinds = {None: _Threads, "gevent": _Gevent, "asyncio": _Asyncio}
-            runtime = _runtimes[engine] = kinds[engine]()
-        return runtime
