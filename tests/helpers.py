@@ -78,16 +78,21 @@ class ServerProcess:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
+    #: The signal that stops it: SIGINT for uWSGI (SIGTERM would make it reload).
+    stop_signal = signal.SIGINT
+
     def stop(self) -> int:
-        """Stop it with SIGINT (SIGTERM would make uWSGI reload); return its exit status."""
+        """Stop it with :attr:`stop_signal`; return its exit status."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-                raise AssertionError(f"did not exit on SIGINT:\n{self.output()}") from None
+                raise AssertionError(
+                    f"did not exit on {self.stop_signal.name}:\n{self.output()}"
+                ) from None
         return self.process.returncode
 
     def close(self) -> None:

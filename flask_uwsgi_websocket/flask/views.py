@@ -44,6 +44,10 @@ logger = logging.getLogger("flask_uwsgi_websocket")
 class Server(Protocol):
     """The extension, as the views see it."""
 
+    @property
+    def engine(self) -> str | None:
+        """The uWSGI loop engine of the extension's flavour (``None``: threads)."""
+
     def app_options(self, app: Flask) -> Options:
         """The options of ``app``'s WebSocket routes, before the route's own."""
 
