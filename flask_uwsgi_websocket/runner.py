@@ -21,6 +21,10 @@ INSTALL_HINT = (
     "(README.rst, 'Installing uWSGI')"
 )
 
+#: The environment variable that serves Werkzeug's interactive debugger in the worker
+#: (``app.run(debug=True)`` sets it; set it to ``1`` when starting uWSGI by hand).
+DEBUG_ENV = "FLASK_UWSGI_DEBUG"
+
 #: ``--http-buffer-size`` that ``app.run`` gives uWSGI's ``--http`` router.
 ROUTER_BUFFER_SIZE = 65536
 
@@ -29,8 +33,8 @@ _REFUSED = {
     "ssl_context": (
         "serve HTTPS with uWSGI's own option, e.g. https='localhost:5443,cert.pem,key.pem'"
     ),
-    "use_debugger": "the interactive debugger is not served under uWSGI",
-    "use_evalex": "the interactive debugger is not served under uWSGI",
+    "use_debugger": "debug=True serves the interactive debugger",
+    "use_evalex": "debug=True serves the interactive debugger, console included",
     "passthrough_errors": "a Werkzeug development server option",
     "extra_files": "use py_autoreload=1 or uWSGI's touch_reload='file'",
     "exclude_patterns": "a Werkzeug reloader option",
@@ -172,8 +176,14 @@ def build_command(
         load()
     env = dict(os.environ)
     if debug is None:
-        debug = app.debug
+        debug = app.debug or env.get(DEBUG_ENV) == "1"
     env["FLASK_DEBUG"] = "1" if debug else "0"
+    env[DEBUG_ENV] = "1" if debug else "0"
+    if debug and int(options.get("processes", options.get("workers", 1)) or 1) > 1:
+        raise RuntimeError(
+            "debug=True runs one worker process: the interactive debugger keeps its "
+            "tracebacks and consoles in the process that showed them"
+        )
     if use_reloader is None:
         use_reloader = debug
     # The router relays WebSocket data in chunks of this size; at its default (one page),

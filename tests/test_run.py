@@ -9,12 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
+from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import WebSocket
@@ -197,6 +200,14 @@ def test_reloader_without_debug() -> None:
     assert option(argv, "--py-autoreload") == ["1"]
 
 
+def test_debug_serves_the_debugger_in_one_worker() -> None:
+    assert command(debug=True)[1]["FLASK_UWSGI_DEBUG"] == "1"
+    assert command(debug=False)[1]["FLASK_UWSGI_DEBUG"] == "0"
+    assert command(debug=True, processes=1)[1]["FLASK_UWSGI_DEBUG"] == "1"
+    with pytest.raises(RuntimeError, match="debug=True runs one worker process"):
+        command(debug=True, processes=2)
+
+
 def test_debug_defaults_to_app_debug() -> None:
     debug_app = Flask(__name__)
     debug_app.debug = True
@@ -213,7 +224,7 @@ def test_debug_defaults_to_app_debug() -> None:
     ("name", "advice"),
     [
         ("ssl_context", "https="),
-        ("use_debugger", "debugger is not served"),
+        ("use_debugger", "debug=True serves the interactive debugger"),
         ("extra_files", "touch_reload"),
         ("reloader_type", "py_autoreload"),
         ("static_files", "static_map"),
@@ -594,3 +605,63 @@ def test_router_buffer_is_raised_unless_given() -> None:
 
     assert option(command()[0], "--http-buffer-size") == [str(ROUTER_BUFFER_SIZE)]
     assert option(command(http_buffer_size=8192)[0], "--http-buffer-size") == ["8192"]
+
+
+DEBUG_APP = """\
+from flask import Flask
+
+from flask_uwsgi_websocket import GeventWebSocket
+
+app = Flask(__name__)
+websocket = GeventWebSocket(app)
+
+
+@app.route("/fails")
+def fails():
+    raise RuntimeError("an HTTP view failed")
+
+
+@websocket.route("/raise")
+def raises(ws):
+    raise RuntimeError("a handler failed")
+
+
+if __name__ == "__main__":
+    app.run(debug=True, gevent=10)
+"""
+
+
+def test_debug_true_serves_the_interactive_debugger(tmp_path: Path) -> None:
+    (tmp_path / "debugged.py").write_text(DEBUG_APP)
+    port = free_port()
+    env = child_env(FLASK_RUN_HOST="127.0.0.1", FLASK_RUN_PORT=str(port))
+    with started([PYTHON, "debugged.py"], port, tmp_path, env) as process:
+        wait_logged(process, "Debugger is active! Debugger PIN: ")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/fails")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        page = info.value.read().decode()
+        assert info.value.code == 500
+        assert "Werkzeug Debugger" in page and "RuntimeError: an HTTP view failed" in page
+        assert "EVALEX = true" in page and "EVALEX_TRUSTED = false" in page  # the PIN asked
+        with pytest.raises(ClientClosed) as closed, connect(f"ws://127.0.0.1:{port}/raise") as ws:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        wait_logged(process, "RuntimeError: a handler failed")
+        check_became_uwsgi(process)
+
+
+def test_flask_uwsgi_debug_refuses_several_workers(tmp_path: Path) -> None:
+    (tmp_path / "debugged.py").write_text(DEBUG_APP)
+    port = free_port()
+    args = [
+        UWSGI, "--master", "--http-socket", f"127.0.0.1:{port}", "--gevent", "10",
+        "--processes", "2", "--need-app", "--wsgi", "debugged:app",
+    ]  # fmt: skip
+    process = ServerProcess(args, port, tmp_path, child_env(FLASK_UWSGI_DEBUG="1"))
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            process.wait_ready(timeout=30)
+        assert "FLASK_UWSGI_DEBUG=1 needs one uWSGI worker process" in process.output()
+    finally:
+        process.close()

@@ -8,6 +8,7 @@ and ``run`` defaults.
 from __future__ import annotations
 
 import inspect
+import os
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
@@ -20,7 +21,7 @@ from ..broadcast.brokers import Broker, LocalBroker, make_broker
 from ..broadcast.message import Broadcast
 from ..broadcast.registry import Rooms
 from ..core.options import Options
-from ..runner import INSTALL_HINT, run_uwsgi
+from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
 from .views import WebSocketView, add_websocket_rule, not_an_upgrade, socket_fd, split_options
@@ -133,6 +134,8 @@ class WebSocketExtension:
             # Subscribed before the worker's first connection.
             uwsgi_api.in_each_worker(broker.start)
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
+        if uwsgi_api.running() and os.environ.get(DEBUG_ENV) == "1":
+            _serve_the_debugger(app)
         # Plain HTTP to a WebSocket-only URL: 426, unless the app has its own handler.
         if WebsocketMismatch not in app.error_handler_spec[None][WebsocketMismatch.code]:
             app.register_error_handler(WebsocketMismatch, not_an_upgrade)
@@ -355,6 +358,25 @@ class WebSocketExtension:
         if app is None:
             raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
         run_uwsgi(app, defaults=self.run_defaults, plugins=self.plugins, **kwargs)
+
+
+def _serve_the_debugger(app: Flask) -> None:
+    """Wrap ``app.wsgi_app`` in Werkzeug's interactive debugger, PIN and all, as
+    ``flask run --debug`` does; WebSocket handlers still close with 1011 and log."""
+    from werkzeug.debug import DebuggedApplication
+
+    if uwsgi_api.worker_count() > 1:
+        raise RuntimeError(
+            f"{DEBUG_ENV}=1 needs one uWSGI worker process (--processes 1): the interactive "
+            f"debugger keeps its tracebacks and consoles in the process that showed them"
+        )
+    app.debug = True  # Flask lets the exceptions of HTTP views through to the debugger
+    debugger = DebuggedApplication(app.wsgi_app, evalex=True)
+    app.wsgi_app = debugger  # type: ignore[method-assign]
+    if debugger.pin is None:
+        app.logger.warning(" * Debugger is active! Debugger PIN disabled. DEBUGGER UNSECURED!")
+    else:
+        app.logger.warning(" * Debugger is active! Debugger PIN: %s", debugger.pin)
 
 
 def _warn_if_several_workers(app: Flask, broker: Broker) -> None:
