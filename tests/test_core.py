@@ -1089,6 +1089,25 @@ def test_release_stops_everything(make: Callable[..., Harness]) -> None:
     os.fstat(h.server.fileno())  # the descriptor itself is still the owner's
 
 
+def test_a_connection_costs_no_descriptor_of_its_own(make: Callable[..., Harness]) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    h = make()
+    assert len(os.listdir("/proc/self/fd")) == before + 2  # the socket pair, nothing more
+    h.peer.send(frame(TEXT, b"hi"))
+    assert h.run_until(h.next_message) == "hi"
+    with h.lock:
+        h.connection.begin_close(1000, "")
+    h.run_until(h.peer.close_frame)
+    h.release()
+    assert len(os.listdir("/proc/self/fd")) == before + 2
+    # A late callback leaves the descriptor alone: it is its owner's again.
+    h.client.sendall(b"for the next owner")
+    h.connection.on_readable()
+    h.connection.on_writable()
+    h.server.settimeout(1)
+    assert h.server.recv(100) == b"for the next owner"
+
+
 def test_a_bug_in_the_core_fails_with_1011(
     make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:

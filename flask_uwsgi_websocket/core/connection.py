@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Frame, Opcode
@@ -71,6 +71,17 @@ def _nothing() -> None:
     pass
 
 
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket]:
+    """``fd`` as a socket object for a moment, for the calls ``os`` lacks; the descriptor
+    stays its owner's (uWSGI's): no duplicate, so a connection costs one descriptor."""
+    sock = socket.socket(fileno=fd)
+    try:
+        yield sock
+    finally:
+        sock.detach()
+
+
 class Connection:
     """One WebSocket connection over the socket ``fd``, after the opening handshake.
 
@@ -104,11 +115,10 @@ class Connection:
         if handshake is not None:
             self.protocol.extensions = list(handshake.extensions)
         self._max_size = options.max_message_size
-        # A duplicate of the descriptor as a socket object, for shutdown() and options.
-        self._sock = socket.socket(fileno=os.dup(fd))
-        self._sock.setblocking(False)  # the descriptor and its duplicate share this flag
-        with contextlib.suppress(OSError):  # Nagle's delays hurt small frames; not on AF_UNIX
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        os.set_blocking(fd, False)
+        with _borrowed(fd) as sock, contextlib.suppress(OSError):
+            # Nagle's delays hurt small frames; not on AF_UNIX.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._messages: deque[Message] = deque()
         self._parts: list[Any] = []  # the fragments of a message being received
@@ -127,6 +137,7 @@ class Connection:
         self._pong_timer: Timer | None = None
         self._close_timer: Timer | None = None
         self._failed = False
+        self._released = False  # the descriptor is its owner's again: never touch it
 
     # Life cycle.
 
@@ -200,6 +211,8 @@ class Connection:
     def on_readable(self) -> None:
         """Read what the socket has and act on it."""
         with self.lock:
+            if self._released:
+                return
             try:
                 data = os.read(self.fd, READ_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -364,6 +377,8 @@ class Connection:
     def on_writable(self) -> None:
         """Write buffered output until the socket is full or the buffer empty."""
         with self.lock:
+            if self._released:
+                return
             out = self._out
             try:
                 while out:
@@ -412,8 +427,11 @@ class Connection:
 
     def _shutdown(self) -> None:
         self._eof_pending = False
+        if self._released:
+            return
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)
+            with _borrowed(self.fd) as sock:
+                sock.shutdown(socket.SHUT_WR)
 
     def _connection_lost(self) -> None:
         """The socket failed: forget pending output, treat it as end of stream."""
@@ -586,7 +604,7 @@ class Connection:
         with self.lock:
             self._stop_timers()
             self._reading = self._writing = False
+            self._released = True
         # Not under the lock: the plain flavour waits here for its I/O thread, which may
         # be waiting for the lock in a callback.
         self.reactor.close()
-        self._sock.close()
