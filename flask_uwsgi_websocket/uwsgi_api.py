@@ -20,6 +20,7 @@ __all__ = [
     "in_each_worker",
     "loop_engine",
     "option",
+    "router_relays_websockets",
     "running",
     "sharedarea_read",
     "worker_count",
@@ -57,6 +58,20 @@ def worker_id() -> int:
 def worker_count() -> int:
     """How many worker processes uWSGI runs; 1 outside uWSGI."""
     return int(uwsgi.numproc) if uwsgi is not None else 1
+
+
+def router_relays_websockets(environ: dict[str, Any] | None = None) -> bool:
+    """Whether uWSGI's ``--http``/``--https`` router relays WebSocket frames: it does only
+    with ``--http-websockets`` (or ``--http-raw-body``); without, the 101 goes out and no
+    frame ever comes. With ``environ``, only for a request that came through the router.
+    ``True`` when there is no router."""
+    if uwsgi is None:
+        return True
+    if environ is not None and environ.get("UWSGI_ROUTER") not in ("http", "https"):
+        return True
+    if environ is None and not (option("http") or option("https")):
+        return True
+    return bool(option("http-websockets") or option("http-raw-body"))
 
 
 def connection_fd() -> int:

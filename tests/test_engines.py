@@ -1,10 +1,16 @@
-"""A flavour under the wrong uWSGI loop engine fails at start-up, saying which to use."""
+"""A uWSGI set up so that WebSockets cannot work is refused or warned of, saying what to do."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import sys
+import urllib.request
 
-from .helpers import APP_MODULES, UwsgiServer
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from .helpers import APP_MODULES, ROOT, UWSGI, ServerProcess, UwsgiServer, free_port
 
 
 @pytest.mark.parametrize(
@@ -29,3 +35,21 @@ def test_wrong_engine_is_refused_at_start_up(
         assert message in server.output()
     finally:
         server.stop()
+
+
+def test_the_http_router_without_http_websockets_is_warned_of_and_refused() -> None:
+    """Without --http-websockets the router would relay no frame after the 101: refuse."""
+    port = free_port()
+    args = [
+        UWSGI, "--master", "--http", f"127.0.0.1:{port}", "--virtualenv", sys.prefix,
+        "--pythonpath", str(ROOT), "--need-app", "--module", "tests.app:app", "--gevent", "10",
+    ]  # fmt: skip
+    with ServerProcess(args, port, ROOT, {**os.environ, "TEST_FLAVOUR": "gevent"}) as server:
+        assert "WebSocket upgrades will be refused: uWSGI's --http router" in server.output()
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"{server.url}/echo", open_timeout=10)
+        response = info.value.response
+        assert response.status_code == 500
+        assert b"start uWSGI with --http-websockets" in response.body
+        with urllib.request.urlopen(f"http://{server.address}/echo", timeout=10) as page:
+            assert page.read() == b"HTTP view at the same URL"  # HTTP views as ever

@@ -24,7 +24,14 @@ from ..core.options import Options
 from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
-from .views import WebSocketView, add_websocket_rule, not_an_upgrade, socket_fd, split_options
+from .views import (
+    ROUTER_WITHOUT_WEBSOCKETS,
+    WebSocketView,
+    add_websocket_rule,
+    not_an_upgrade,
+    socket_fd,
+    split_options,
+)
 
 if TYPE_CHECKING:
     from flask import Blueprint, Flask
@@ -129,7 +136,7 @@ class WebSocketExtension:
         broker = make_broker(url, Rooms(), channel, app.logger)
         app.extensions["uwsgi_websocket"] = self
         self._apps[app] = _AppState(options, broker)
-        _warn_if_several_workers(app, broker)
+        _warn_about_the_setup(app, broker)
         if not isinstance(broker, LocalBroker):
             # Subscribed before the worker's first connection.
             uwsgi_api.in_each_worker(broker.start)
@@ -379,9 +386,12 @@ def _serve_the_debugger(app: Flask) -> None:
         app.logger.warning(" * Debugger is active! Debugger PIN: %s", debugger.pin)
 
 
-def _warn_if_several_workers(app: Flask, broker: Broker) -> None:
-    """Warn, once per uWSGI instance, that in-process broadcasts stay in one worker."""
+def _warn_about_the_setup(app: Flask, broker: Broker) -> None:
+    """Warn, once per uWSGI instance, of what will not work as meant: a router that relays
+    no WebSocket frame, in-process broadcasts that stay in one of several workers."""
     workers = uwsgi_api.worker_count()
+    if not uwsgi_api.router_relays_websockets() and uwsgi_api.worker_id() <= 1:
+        app.logger.warning("WebSocket upgrades will be refused: %s", ROUTER_WITHOUT_WEBSOCKETS)
     if isinstance(broker, LocalBroker) and workers > 1 and uwsgi_api.worker_id() <= 1:
         app.logger.warning(
             "uWSGI runs %d worker processes and the WebSocket broker is in-process: a "

@@ -39,6 +39,11 @@ OPTION_NAMES = Options.names() | {"timeout"}
 #: The environ key of the connected socket a server other than uWSGI gives (the test client).
 SOCKET = "flask_uwsgi_websocket.socket"
 logger = logging.getLogger("flask_uwsgi_websocket")
+#: Why an upgrade through uWSGI's ``--http`` router without ``--http-websockets`` is refused.
+ROUTER_WITHOUT_WEBSOCKETS = (
+    "uWSGI's --http router runs without --http-websockets, so it would relay no WebSocket"
+    " frame: start uWSGI with --http-websockets"
+)
 
 
 class Server(Protocol):
@@ -107,6 +112,8 @@ def accept(
         return refusal(
             app, HandshakeError("500 Internal Server Error", "the WebSocket handshake failed")
         )
+    if not uwsgi_api.router_relays_websockets(environ):
+        return refusal(app, HandshakeError("500 Internal Server Error", ROUTER_WITHOUT_WEBSOCKETS))
     if SOCKET not in environ and not uwsgi_api.running():
         logger.error("WebSocket routes need uWSGI: run the app with app.run() or uwsgi")
         return refusal(
