@@ -234,14 +234,35 @@ def checked_command(
     return argv, env
 
 
+def serving_line(argv: Sequence[str], defaults: Mapping[str, Any], label: str) -> str:
+    """``serving on http://HOST:PORT (LABEL, ENGINE OPTIONS)`` for the command ``argv``:
+    the options of ``defaults`` (the flavour's engine) as ``argv`` has them."""
+    address = argv[argv.index("--http") + 1]
+    engine = []
+    for key in defaults:
+        flag = "--" + key.replace("_", "-")
+        if flag not in argv or key == "enable_threads":
+            continue
+        value = argv[argv.index(flag) + 1 :][:1]
+        engine.append(flag if not value or value[0].startswith("--") else f"{flag} {value[0]}")
+    shown = f"{label}, {' '.join(engine)}" if engine else label
+    return f"serving on http://{address} ({shown})"
+
+
 def run_uwsgi(
     app: Flask,
     defaults: Mapping[str, Any] | None = None,
     plugins: Sequence[str] = (),
+    label: str = "WebSocket",
     **kwargs: Any,
 ) -> NoReturn:
-    """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`."""
+    """Replace this process with uWSGI serving ``app``; see :meth:`WebSocket.run`.
+
+    First prints where it serves and with which engine (``label`` names the extension):
+    ``serving on http://localhost:5000 (GeventWebSocket, --gevent 100)``.
+    """
     argv, env = checked_command(app, defaults, plugins, **kwargs)
+    print(serving_line(argv, defaults or {}, label), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

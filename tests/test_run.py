@@ -22,7 +22,13 @@ from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import WebSocket
 from flask_uwsgi_websocket.gevent import GeventWebSocket
-from flask_uwsgi_websocket.runner import build_command, engines, find_uwsgi, uwsgi_options
+from flask_uwsgi_websocket.runner import (
+    build_command,
+    engines,
+    find_uwsgi,
+    serving_line,
+    uwsgi_options,
+)
 
 from .helpers import ROOT, UWSGI, ServerProcess, child_env, free_port
 
@@ -237,6 +243,21 @@ def test_werkzeug_only_arguments_are_refused(name: str, advice: str) -> None:
     assert advice in str(info.value)
 
 
+def test_the_serving_line() -> None:
+    argv = [UWSGI, "--master", "--http", "0.0.0.0:8000", "--gevent", "100", "--module", "m:a"]
+    assert serving_line(argv, {"gevent": 100}, "GeventWebSocket") == (
+        "serving on http://0.0.0.0:8000 (GeventWebSocket, --gevent 100)"
+    )
+    argv = [UWSGI, "--http", "localhost:5000", "--asyncio", "10", "--greenlet"]
+    assert serving_line(argv, {"asyncio": 100, "greenlet": True}, "AsyncioWebSocket") == (
+        "serving on http://localhost:5000 (AsyncioWebSocket, --asyncio 10 --greenlet)"
+    )
+    argv = [UWSGI, "--http", "localhost:5000", "--enable-threads", "--processes", "2"]
+    assert serving_line(argv, {"enable_threads": True, "threads": 8}, "WebSocket") == (
+        "serving on http://localhost:5000 (WebSocket)"
+    )
+
+
 def test_explicit_binary() -> None:
     assert command(uwsgi_binary=UWSGI)[0][0] == UWSGI
 
@@ -417,6 +438,10 @@ def test_examples_run_with_python(example: str) -> None:
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_text().split("\0")
         engine = "--gevent" if example == "echo_gevent.py" else "--threads"
         assert engine in cmdline and "--wsgi-file" in cmdline
+        served = (
+            "GeventWebSocket, --gevent 100" if engine == "--gevent" else "WebSocket, --threads 8"
+        )
+        assert f"serving on http://127.0.0.1:{port} ({served})\n" in process.output()
         check_echo(port)
         status = process.stop()
         # uWSGI's master exits 0 on SIGINT ("goodbye to uWSGI."), and so does the python

@@ -364,7 +364,7 @@ class WebSocketExtension:
         app = app or self.app
         if app is None:
             raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
-        run_uwsgi(app, defaults=self.run_defaults, plugins=self.plugins, **kwargs)
+        run_uwsgi(app, self.run_defaults, self.plugins, type(self).__name__, **kwargs)
 
 
 def _serve_the_debugger(app: Flask) -> None:
