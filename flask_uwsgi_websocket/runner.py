@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,18 @@ if TYPE_CHECKING:
 
 __all__ = ["build_command", "checked_command", "find_uwsgi", "run_uwsgi", "uwsgi_options"]
 
+#: How to build a uWSGI with every engine for this interpreter, as a shell command: greenlet's
+#: header is found by its absolute path; --force-reinstall and --no-cache-dir make pip build
+#: even when a stock uWSGI (without asyncio) is installed or cached.
+INSTALL_COMMAND = (
+    f"{shlex.quote(sys.executable)} -m pip install greenlet gevent && UWSGI_PROFILE=asyncio "
+    f"UWSGI_EMBED_PLUGINS=gevent CFLAGS={shlex.quote(f'-I{sys.prefix}/include/site/python')}"
+    f"{sys.version_info[0]}.{sys.version_info[1]} {shlex.quote(sys.executable)} -m pip install "
+    f"--force-reinstall --no-cache-dir --no-binary uwsgi uwsgi"
+)
 INSTALL_HINT = (
-    "install it with the engines this package needs: "
-    "pip install greenlet gevent && UWSGI_PROFILE=asyncio UWSGI_EMBED_PLUGINS=gevent "
-    'CFLAGS="-I$VIRTUAL_ENV/include/site/pythonX.Y" pip install --no-binary uwsgi uwsgi '
-    "(README.rst, 'Installing uWSGI')"
+    f"install it with the engines this package needs: {INSTALL_COMMAND} "
+    f"(README.rst, 'Installing uWSGI')"
 )
 
 #: The environment variable that serves Werkzeug's interactive debugger in the worker

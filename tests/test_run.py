@@ -690,3 +690,23 @@ def test_flask_uwsgi_debug_refuses_several_workers(tmp_path: Path) -> None:
         assert "FLASK_UWSGI_DEBUG=1 needs one uWSGI worker process" in process.output()
     finally:
         process.close()
+
+
+def test_the_install_hint_builds_every_engine_over_a_stock_uwsgi(tmp_path: Path) -> None:
+    """The hint that errors print, followed literally in a fresh venv that has the package
+    and pip's stock uWSGI (no asyncio): afterwards its uWSGI has every engine."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, str(ROOT), "uwsgi"], check=True, capture_output=True, timeout=600)
+    assert "asyncio" not in engines(str(venv / "bin" / "uwsgi"))
+    printed = "from flask_uwsgi_websocket.runner import INSTALL_HINT; print(INSTALL_HINT)"
+    hint = subprocess.run(
+        [python, "-c", printed], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    command = hint.split("needs: ", 1)[1].rsplit(" (README.rst", 1)[0]
+    assert f"{python} -m pip install" in command and "--force-reinstall" in command
+    built = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert {"gevent", "asyncio", "greenlet"} <= engines(str(venv / "bin" / "uwsgi"))
