@@ -169,7 +169,9 @@ class TestConnection:
     """The client's end of a test connection: the same methods as a handler's client.
 
     ``receive``, ``send``, ``close`` block the test (never for long: a timeout
-    bounds each wait) while the handler runs on its own.
+    bounds each wait) while the handler runs on its own. The server's keepalive
+    pings are answered whenever the test reads: a test that reads nothing for
+    ``ping_interval + ping_timeout`` seconds (45 by default) sees the server close.
     """
 
     __test__ = False
