@@ -95,7 +95,8 @@ class TestClient:
 
         ``headers`` are added to the upgrade request, in place of the client's own
         of the same names (``{"Sec-WebSocket-Version": "8"}`` makes a malformed
-        upgrade); ``subprotocols`` are offered
+        upgrade; a ``Cookie`` header replaces the Flask client's cookies); ``subprotocols``
+        are offered
         (``ws.subprotocol`` is the one agreed); permessage-deflate is offered
         unless ``compression`` is ``None``. Raises :class:`UpgradeRefused` when the
         app answers anything but ``101``. Use it as a context manager: the
@@ -113,13 +114,17 @@ class TestClient:
         replaced = {name.lower() for name, _ in given} | {"host"}
         upgrade = [(k, v) for k, v in request.headers.raw_items() if k.lower() not in replaced]
         upgrade += given
+        # A Cookie header given is sent as given: Werkzeug's client would put its own jar's.
+        opener = self.flask_client
+        if "cookie" in replaced:
+            opener = self.app.test_client(use_cookies=False)
         mine, theirs = socket.socketpair()
         request_ended = threading.Event()
         answer: queue.Queue[tuple[str, Any]] = queue.Queue()
 
         def serve() -> None:
             try:
-                response = self.flask_client.open(
+                response = opener.open(
                     path, headers=upgrade, environ_overrides={SOCKET: theirs}, buffered=False
                 )
             except BaseException as exc:  # connect() raises it, as Flask's test client would
