@@ -13,23 +13,11 @@ import threading
 import time
 from typing import Any
 
-from flask import Blueprint, copy_current_request_context, request, url_for
+from flask import request
 
 from flask_uwsgi_websocket import ConnectionClosed, WebSocket, WebSocketClient
 
-from .app_common import (
-    TUNED_DEFLATE,
-    app,
-    blueprints,
-    context_report,
-    db_report,
-    life,
-    pick_last,
-    pick_unoffered,
-    record,
-    room_report,
-    whoami_report,
-)
+from .app_common import TUNED_DEFLATE, add_flask_routes, app, pick_last, pick_unoffered, record
 
 FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
 
@@ -256,77 +244,4 @@ def send_types(ws: WebSocketClient) -> None:
 
 
 # Flask integration (see app_common): contexts, lifecycle, extensions, blueprints, errors.
-
-
-@websocket.route("/<lang>/context/<int:number>")
-def context(ws: WebSocketClient, number: int) -> None:
-    ws.send(context_report(number))
-
-
-@websocket.route("/life/<how>")
-def lifecycle(ws: WebSocketClient, how: str) -> None:
-    life("handler", how=how)
-    ws.send("hi")
-    if how == "raise":
-        raise RuntimeError("life boom")
-    if how == "handled":
-        raise KeyError("missing")
-    if how == "wait":
-        for _ in ws:
-            pass
-
-
-@websocket.errorhandler(LookupError)
-def lookup_failed(ws: WebSocketClient, error: LookupError) -> tuple[int, str]:
-    ws.send(f"handled {error!r}")
-    return 4001, "lookup failed"
-
-
-@websocket.route("/spawned")
-def spawned(ws: WebSocketClient) -> None:
-    """A thread or greenlet with a copy of the request context sends what it sees."""
-
-    @copy_current_request_context
-    def other() -> None:
-        ws.send(json.dumps({"q": request.args.get("q"), "url": url_for("spawned")}))
-
-    spawn(other)
-    ws.receive()
-
-
-@websocket.route("/whoami")
-def whoami(ws: WebSocketClient) -> None:
-    ws.send(whoami_report())
-
-
-@websocket.route("/db/<name>")
-def database(ws: WebSocketClient, name: str) -> None:
-    ws.send(db_report(name))
-
-
-@websocket.route("/origin-any", allowed_origins="*")
-@websocket.route("/origin-strict", allowed_origins=[])
-def origin(ws: WebSocketClient) -> None:
-    ws.send("welcome")
-
-
-def room(ws: WebSocketClient, name: str) -> None:
-    ws.send(room_report(name))
-
-
-parent, chat = blueprints(room)
-app.register_blueprint(parent)
-websocket.register_blueprint(chat, url_prefix="/direct", name="direct")
-
-
-# 0.6.1's blueprints: a plain Flask Blueprint of handlers, registered through the extension.
-legacy = Blueprint("legacy", __name__)
-
-
-@legacy.route("/say/<word>", max_message_size=16)
-def legacy_say(ws: WebSocketClient, word: str) -> None:
-    for message in ws:
-        ws.send(f"{word}: {message}")
-
-
-websocket.register_blueprint(legacy, url_prefix="/old")
+add_flask_routes(app, websocket, spawn)

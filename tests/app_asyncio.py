@@ -10,22 +10,17 @@ import asyncio
 import json
 from typing import Any
 
-from flask import Blueprint, request, url_for
+from flask import request
 
 from flask_uwsgi_websocket import AsyncioWebSocket, AsyncioWebSocketClient, ConnectionClosed
 
 from .app_common import (
     TUNED_DEFLATE,
+    add_async_flask_routes,
     app,
-    blueprints,
-    context_report,
-    db_report,
-    life,
     pick_last,
     pick_unoffered,
     record,
-    room_report,
-    whoami_report,
 )
 
 websocket = AsyncioWebSocket(app)
@@ -263,76 +258,4 @@ async def broadcast(ws: AsyncioWebSocketClient) -> None:
 
 
 # Flask integration (see app_common): contexts, lifecycle, extensions, blueprints, errors.
-
-
-@websocket.route("/<lang>/context/<int:number>")
-async def context(ws: AsyncioWebSocketClient, number: int) -> None:
-    await ws.send(context_report(number))
-
-
-@websocket.route("/life/<how>")
-async def lifecycle(ws: AsyncioWebSocketClient, how: str) -> None:
-    life("handler", how=how)
-    await ws.send("hi")
-    if how == "raise":
-        raise RuntimeError("life boom")
-    if how == "handled":
-        raise KeyError("missing")
-    if how == "wait":
-        async for _ in ws:
-            pass
-
-
-@websocket.errorhandler(LookupError)
-async def lookup_failed(ws: AsyncioWebSocketClient, error: LookupError) -> tuple[int, str]:
-    await ws.send(f"handled {error!r}")
-    return 4001, "lookup failed"
-
-
-@websocket.route("/spawned")
-async def spawned(ws: AsyncioWebSocketClient) -> None:
-    """A task the handler starts runs in a copy of its context: the request context."""
-
-    async def other() -> None:
-        await ws.send(json.dumps({"q": request.args.get("q"), "url": url_for("spawned")}))
-
-    await asyncio.get_event_loop().create_task(other())
-    await ws.receive()
-
-
-@websocket.route("/whoami")
-async def whoami(ws: AsyncioWebSocketClient) -> None:
-    await ws.send(whoami_report())
-
-
-@websocket.route("/db/<name>")
-async def database(ws: AsyncioWebSocketClient, name: str) -> None:
-    await ws.send(db_report(name))
-
-
-@websocket.route("/origin-any", allowed_origins="*")
-@websocket.route("/origin-strict", allowed_origins=[])
-async def origin(ws: AsyncioWebSocketClient) -> None:
-    await ws.send("welcome")
-
-
-async def room(ws: AsyncioWebSocketClient, name: str) -> None:
-    await ws.send(room_report(name))
-
-
-parent, chat = blueprints(room)
-app.register_blueprint(parent)
-websocket.register_blueprint(chat, url_prefix="/direct", name="direct")
-
-
-# 0.6.1's blueprints: a plain Flask Blueprint of handlers, registered through the extension.
-legacy = Blueprint("legacy", __name__)
-
-
-@legacy.route("/say/<word>", max_message_size=16)
-async def legacy_say(ws: AsyncioWebSocketClient, word: str) -> None:
-    async for message in ws:
-        await ws.send(f"{word}: {message}")
-
-
-websocket.register_blueprint(legacy, url_prefix="/old")
+add_async_flask_routes(app, websocket)

@@ -1,8 +1,11 @@
-"""WebSocket routes behave like the Flask routes around them, against real uWSGI in every flavour.
+"""WebSocket routes behave like the Flask routes around them, in every flavour.
 
 Contexts (request, session, g, current_app, url_for, in spawned threads, greenlets and
 tasks), the request lifecycle (before_request refusals, teardown once, signals), Flask-Login
-and Flask-SQLAlchemy, the Origin policy, blueprints, error handlers, debug mode.
+and Flask-SQLAlchemy, the Origin policy, blueprints, error handlers: with the in-process test
+client (``websocket.test_client()``) on a new app of each flavour per test
+(``tests/app_inprocess.py``), as uWSGI adds nothing to them. Debug mode, which is about
+uWSGI's log and environment, runs ``tests/app.py`` under real uWSGI.
 """
 
 from __future__ import annotations
@@ -10,32 +13,64 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import logging
 import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, url_for
 from websockets.exceptions import ConnectionClosed as ClientClosed
-from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from werkzeug.routing import WebsocketMismatch
 
-from flask_uwsgi_websocket import GeventWebSocket, Options, WebSocket, WebSocketBlueprint
+from flask_uwsgi_websocket import (
+    ConnectionClosed,
+    GeventWebSocket,
+    Options,
+    WebSocket,
+    WebSocketBlueprint,
+)
+from flask_uwsgi_websocket.flask.extension import WebSocketExtension
+from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
 
+from .app_common import app_events, db_scope_ids
+from .app_inprocess import FLAVOURS, make_app
 from .helpers import AppServer, wait_for
 
+pytestmark = pytest.mark.timeout(60)
 
-def life_events(server: AppServer, tag: str, count: int | None = None) -> list[dict[str, Any]]:
-    """The lifecycle events of requests tagged ``tag``; waits for ``teardown_appcontext``."""
+#: How long a message that is on its way may take; generous, the machine may be busy.
+SOON = 5.0
+#: The host of the test client's requests.
+HOST = "localhost"
 
-    def done() -> list[dict[str, Any]]:
-        found = [e for e in server.events("life") if e["tag"] == tag]
-        finished = [e for e in found if e["event"] == "teardown_appcontext"]
-        return found if finished else []
 
-    found = wait_for(done)
+@pytest.fixture(params=FLAVOURS)
+def made(request: pytest.FixtureRequest) -> tuple[Flask, WebSocketExtension]:
+    return make_app(request.param)
+
+
+@pytest.fixture
+def app(made: tuple[Flask, WebSocketExtension]) -> Flask:
+    return made[0]
+
+
+@pytest.fixture
+def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
+    return made[1]
+
+
+@pytest.fixture
+def client(websocket: WebSocketExtension) -> TestClient:
+    return websocket.test_client()
+
+
+def life_events(app: Flask, tag: str) -> list[dict[str, Any]]:
+    """The lifecycle events of requests tagged ``tag``; the last is ``teardown_appcontext``
+    (the test client's connection has ended, so teardown has run)."""
+    found = [e for e in app_events(app) if e.get("route") == "life" and e["tag"] == tag]
+    assert found and found[-1]["event"] == "teardown_appcontext", found
     return found
 
 
@@ -43,11 +78,24 @@ def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in events]
 
 
-def refused(url: str, **kwargs: Any) -> Any:
-    with pytest.raises(InvalidStatus) as info:
-        with connect(url, **kwargs):
-            pass
+def refused(client: TestClient, path: str, **kwargs: Any) -> Any:
+    """The response of an upgrade the app refuses."""
+    with pytest.raises(UpgradeRefused) as info:
+        client.connect(path, **kwargs).close()
     return info.value.response
+
+
+def closed(ws: TestConnection) -> ConnectionClosed:
+    """What ``receive`` raises once the server has closed the connection."""
+    with pytest.raises(ConnectionClosed) as info:
+        ws.receive(timeout=SOON)
+    return info.value
+
+
+def receive_json(ws: TestConnection) -> Any:
+    message = ws.receive(timeout=SOON)
+    assert isinstance(message, str), message
+    return json.loads(message)
 
 
 def new_tag() -> str:
@@ -57,12 +105,13 @@ def new_tag() -> str:
 # Contexts.
 
 
-def test_handler_sees_request_g_app_and_url_for(server: AppServer) -> None:
+def test_handler_sees_request_g_app_and_url_for(app: Flask, websocket: WebSocketExtension) -> None:
     tag = new_tag()
-    url = f"{server.url}/en/context/7?q=query&tag={tag}"
+    client = websocket.test_client()  # a Cookie header given is sent as given
+    path = f"/en/context/7?q=query&tag={tag}"
     headers = {"X-Test": "header value", "Cookie": "flavour=vanilla"}
-    with connect(url, additional_headers=headers) as ws:
-        seen = json.loads(ws.recv())
+    with client.connect(path, headers=headers) as ws:
+        seen = receive_json(ws)
     assert seen == {
         "number": 7,
         "view_args": {"number": 7},  # after the url_value_preprocessor popped lang
@@ -72,60 +121,67 @@ def test_handler_sees_request_g_app_and_url_for(server: AppServer) -> None:
         "cookie": "vanilla",
         "endpoint": "context",
         "rule": "/<lang>/context/<int:number>",
-        "app": "tests.app",
-        "url": f"ws://{server.address}/fr/context/8?q=x",  # WebSocket URLs are absolute
-        "external": f"ws://{server.address}/fr/context/7",
-        "http_view": f"http://{server.address}/echo",
+        "app": app.name,
+        "url": f"ws://{HOST}/fr/context/8?q=x",  # WebSocket URLs are absolute
+        "external": f"ws://{HOST}/fr/context/7",
+        "http_view": f"http://{HOST}/echo",
         "tag": tag,
     }
 
 
-def test_spawned_thread_greenlet_or_task_sees_the_request(server: AppServer) -> None:
-    with connect(f"{server.url}/spawned?q=spawned") as ws:
-        url = f"ws://{server.address}/spawned"
-        assert json.loads(ws.recv()) == {"q": "spawned", "url": url}
+def test_spawned_thread_greenlet_or_task_sees_the_request(client: TestClient) -> None:
+    with client.connect("/spawned?q=spawned") as ws:
+        assert receive_json(ws) == {"q": "spawned", "url": f"ws://{HOST}/spawned"}
         ws.send("done")
 
 
-def login_cookie(server: AppServer, name: str) -> str:
-    with urllib.request.urlopen(f"http://{server.address}/login/{name}", timeout=10) as response:
-        cookie = response.headers["Set-Cookie"]
-    return str(cookie.split(";", 1)[0])
+def test_flask_login_current_user_and_session(app: Flask, websocket: WebSocketExtension) -> None:
+    flask_client = app.test_client()
+    response = flask_client.get("/login/ada")
+    assert response.get_data(as_text=True) == "logged in"
+    logged_in = {"authenticated": True, "id": "ada", "color": "blue"}
+    # The Flask client's cookies, shared...
+    with websocket.test_client(flask_client=flask_client).connect("/whoami") as ws:
+        assert receive_json(ws) == logged_in
+    # ...or the session cookie sent by hand, as a browser would.
+    cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    with websocket.test_client(flask_client=flask_client).connect(
+        "/whoami", headers={"Cookie": cookie}
+    ) as ws:
+        assert receive_json(ws) == logged_in
+    with websocket.test_client().connect("/whoami") as ws:
+        assert receive_json(ws) == {"authenticated": False, "id": None, "color": None}
 
 
-def test_flask_login_current_user_and_session(server: AppServer) -> None:
-    cookie = login_cookie(server, "ada")
-    with connect(f"{server.url}/whoami", additional_headers={"Cookie": cookie}) as ws:
-        assert json.loads(ws.recv()) == {"authenticated": True, "id": "ada", "color": "blue"}
-    with connect(f"{server.url}/whoami") as ws:
-        assert json.loads(ws.recv()) == {"authenticated": False, "id": None, "color": None}
-
-
-def test_flask_sqlalchemy_session_is_removed_when_the_connection_ends(server: AppServer) -> None:
+def test_flask_sqlalchemy_session_is_removed_when_the_connection_ends(
+    app: Flask, client: TestClient
+) -> None:
     tag = new_tag()
-    with connect(f"{server.url}/db/{tag}?tag={tag}") as ws:
-        seen = json.loads(ws.recv())
+    with client.connect(f"/db/{tag}?tag={tag}") as ws:
+        seen = receive_json(ws)
         assert seen["count"] == 1 and seen["registered"]
-    life_events(server, tag)  # teardown_appcontext ran
-    assert seen["scope"] not in server.http("/db-scopes")
+    life_events(app, tag)  # teardown_appcontext ran
+    assert seen["scope"] not in app.test_client().get("/db-scopes").get_json()
+    assert seen["scope"] not in db_scope_ids()
 
 
 # The request lifecycle.
 
 
 @pytest.mark.parametrize("how", ["return", "raise", "wait", "handled"])
-def test_teardown_runs_once_however_the_connection_ends(server: AppServer, how: str) -> None:
+def test_teardown_runs_once_however_the_connection_ends(
+    app: Flask, client: TestClient, how: str
+) -> None:
     tag = new_tag()
-    with connect(f"{server.url}/life/{how}?tag={tag}") as ws:
-        assert ws.recv() == "hi"
+    with client.connect(f"/life/{how}?tag={tag}") as ws:
+        assert ws.receive(timeout=SOON) == "hi"
         if how == "handled":
-            assert ws.recv() == "handled KeyError('missing')"
+            assert ws.receive(timeout=SOON) == "handled KeyError('missing')"
         if how == "wait":
             ws.close()  # the peer closes
         else:
-            with pytest.raises(ClientClosed) as info:
-                ws.recv()
-    events = life_events(server, tag)
+            error = closed(ws)
+    events = life_events(app, tag)
     expected = [
         "request_started",
         "before_request",
@@ -138,27 +194,31 @@ def test_teardown_runs_once_however_the_connection_ends(server: AppServer, how: 
         expected.insert(4, "got_request_exception")
     assert names(events) == expected
     assert events[2]["status"] == 101
-    error = "RuntimeError('life boom')" if how == "raise" else None
-    assert events[-2]["error"] == events[-1]["error"] == error
-    if how != "wait":
+    reported = "RuntimeError('life boom')" if how == "raise" else None
+    assert events[-2]["error"] == events[-1]["error"] == reported
+    if how == "raise":
+        assert events[4]["error"] == "RuntimeError('life boom')"
+    if how == "wait":
+        assert ws.close_code == 1000
+    else:
         code = {"return": 1000, "raise": 1011, "handled": 4001}[how]
-        assert info.value.rcvd is not None and info.value.rcvd.code == code
+        assert error.code == ws.close_code == code
         if how == "handled":
-            assert info.value.rcvd.reason == "lookup failed"
+            assert error.reason == ws.close_reason == "lookup failed"
 
 
 @pytest.mark.parametrize(
     ("deny", "status", "body"), [("abort", 401, "Unauthorized"), ("response", 403, "login first")]
 )
 def test_before_request_refuses_the_upgrade(
-    server: AppServer, deny: str, status: int, body: str
+    app: Flask, client: TestClient, deny: str, status: int, body: str
 ) -> None:
     tag = new_tag()
-    response = refused(f"{server.url}/life/return?deny={deny}&tag={tag}")
+    response = refused(client, f"/life/return?deny={deny}&tag={tag}")
     assert response.status_code == status
-    assert body in response.body.decode()
+    assert body in response.get_data(as_text=True)
     assert "Upgrade" not in response.headers
-    events = life_events(server, tag)
+    events = life_events(app, tag)
     assert names(events) == [
         "request_started",
         "before_request",
@@ -168,69 +228,74 @@ def test_before_request_refuses_the_upgrade(
     ]
 
 
-def log_of_a_failing_handler(server: AppServer) -> str:
-    """Open ``/life/raise``, whose handler says "hi" then raises; return the server's log."""
-    with connect(f"{server.url}/life/raise") as ws:
-        assert ws.recv() == "hi"
-        with pytest.raises(ClientClosed):
-            ws.recv()
-    log: str = wait_for(lambda: "life boom" in server.output() and server.output())
-    return log
+def test_handler_error_is_logged_with_its_route(
+    app: Flask, client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    with client.connect("/life/raise") as ws:
+        assert ws.receive(timeout=SOON) == "hi"
+        assert closed(ws).code == 1011
+    errors = [r for r in caplog.records if r.name == app.logger.name]
+    assert len(errors) == 1
+    assert errors[0].levelno == logging.ERROR
+    message = errors[0].getMessage()
+    assert message == "Exception in WebSocket handler lifecycle (route /life/<how>) for /life/raise"
+    assert errors[0].exc_info is not None
+    assert repr(errors[0].exc_info[1]) == "RuntimeError('life boom')"
+    assert "Traceback (most recent call last)" in caplog.text
+    assert 'raise RuntimeError("life boom")' in caplog.text
 
 
-def test_handler_error_is_logged_with_its_route(server: AppServer) -> None:
-    log = log_of_a_failing_handler(server)
-    assert "Exception in WebSocket handler lifecycle (route /life/<how>) for /life/raise" in log
-    assert "Traceback (most recent call last)" in log
-
-
-def test_handled_error_is_not_logged(server: AppServer) -> None:
-    with connect(f"{server.url}/life/handled") as ws:
-        assert ws.recv() == "hi"
-        assert ws.recv() == "handled KeyError('missing')"
-    with connect(f"{server.url}/echo") as ws:  # the log of the first connection is written
-        ws.send("x")
-        assert ws.recv() == "x"
-    assert "missing" not in server.output()
+def test_handled_error_is_not_logged(
+    app: Flask, client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)  # what a server's log shows
+    with client.connect("/life/handled") as ws:
+        assert ws.receive(timeout=SOON) == "hi"
+        assert ws.receive(timeout=SOON) == "handled KeyError('missing')"
+        error = closed(ws)
+        assert (error.code, error.reason) == (4001, "lookup failed")
+    assert not [r for r in caplog.records if r.name == app.logger.name]
+    assert "missing" not in caplog.text
 
 
 # The Origin policy.
 
 
-def test_origin_policy(server: AppServer) -> None:
-    host = server.address
-    for origin in (None, f"http://{host}", f"https://{host}", "https://trusted.example"):
-        with connect(f"{server.url}/echo", origin=origin) as ws:  # type: ignore[arg-type]
+def test_origin_policy(client: TestClient) -> None:
+    for origin in (None, f"http://{HOST}", f"https://{HOST}", "https://trusted.example"):
+        headers = {"Origin": origin} if origin is not None else None
+        with client.connect("/echo", headers=headers) as ws:
             ws.send("in")
-            assert ws.recv() == "in"
-    for origin in ("https://evil.example", "null", f"http://{host}.evil.example"):
-        response = refused(f"{server.url}/echo", origin=origin)  # type: ignore[arg-type]
+            assert ws.receive(timeout=SOON) == "in"
+    for origin in ("https://evil.example", "null", f"http://{HOST}.evil.example"):
+        response = refused(client, "/echo", headers={"Origin": origin})
         assert response.status_code == 403
-        assert response.body.decode().count("\n") == 1
-        assert "not allowed" in response.body.decode()
+        assert response.get_data(as_text=True).count("\n") == 1
+        assert "not allowed" in response.get_data(as_text=True)
     # Per route: "*" lets anyone in, [] only the same host (not the config's list).
-    with connect(f"{server.url}/origin-any", origin="https://evil.example") as ws:  # type: ignore[arg-type]
-        assert ws.recv() == "welcome"
-    response = refused(f"{server.url}/origin-strict", origin="https://trusted.example")  # type: ignore[arg-type]
+    with client.connect("/origin-any", headers={"Origin": "https://evil.example"}) as ws:
+        assert ws.receive(timeout=SOON) == "welcome"
+    response = refused(client, "/origin-strict", headers={"Origin": "https://trusted.example"})
     assert response.status_code == 403
-    with connect(f"{server.url}/origin-strict", origin=f"http://{host}") as ws:  # type: ignore[arg-type]
-        assert ws.recv() == "welcome"
+    with client.connect("/origin-strict", headers={"Origin": f"http://{HOST}"}) as ws:
+        assert ws.receive(timeout=SOON) == "welcome"
 
 
 # Blueprints.
 
 
-def test_blueprint_routes_nested_and_through_the_extension(server: AppServer) -> None:
+def test_blueprint_routes_nested_and_through_the_extension(app: Flask, client: TestClient) -> None:
     tag = new_tag()
-    with connect(f"{server.url}/parent/chat/room/lobby?tag={tag}") as ws:
-        assert json.loads(ws.recv()) == {
+    with client.connect(f"/parent/chat/room/lobby?tag={tag}") as ws:
+        assert receive_json(ws) == {
             "name": "lobby",
             "endpoint": "parent.chat.room",
             "blueprint": "parent.chat",
-            "self": f"ws://{server.address}/parent/chat/room/lobby",
+            "self": f"ws://{HOST}/parent/chat/room/lobby",
             "page": "/parent/page",
         }
-    events = life_events(server, tag)
+    events = life_events(app, tag)
     assert names(events) == [
         "request_started",
         "chat_url_value_preprocessor",
@@ -244,15 +309,15 @@ def test_blueprint_routes_nested_and_through_the_extension(server: AppServer) ->
     ]
     assert events[1]["values"] == {"name": "lobby"}
     assert events[4]["blueprints"] == ["parent.chat", "parent"]
-    with connect(f"{server.url}/direct/room/side") as ws:
-        seen = json.loads(ws.recv())
+    with client.connect("/direct/room/side") as ws:
+        seen = receive_json(ws)
         assert (seen["endpoint"], seen["self"]) == (
             "direct.room",
-            f"ws://{server.address}/direct/room/side",
+            f"ws://{HOST}/direct/room/side",
         )
-    assert server.http("/parent/page") == "parent page"
-    response = refused(f"{server.url}/parent/chat/room/vip?chat_deny=1")
-    assert (response.status_code, response.body) == (403, b"not in this room")
+    assert app.test_client().get("/parent/page").get_data(as_text=True) == "parent page"
+    response = refused(client, "/parent/chat/room/vip?chat_deny=1")
+    assert (response.status_code, response.get_data()) == (403, b"not in this room")
 
 
 def test_blueprint_api_without_a_server() -> None:
@@ -286,16 +351,14 @@ def test_blueprint_api_without_a_server() -> None:
 
 
 def test_a_plain_blueprint_of_handlers_registered_through_the_extension(
-    server: AppServer,
+    client: TestClient,
 ) -> None:
     """0.6.1's way: ``@bp.route`` on a Flask ``Blueprint``, ``websocket.register_blueprint(bp)``."""
-    with connect(f"{server.url}/old/say/hi") as ws:
+    with client.connect("/old/say/hi") as ws:
         ws.send("there")
-        assert ws.recv() == "hi: there"
+        assert ws.receive(timeout=SOON) == "hi: there"
         ws.send("x" * 17)  # the route's max_message_size is 16
-        with pytest.raises(ClientClosed) as info:
-            ws.recv()
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert closed(ws).code == 1009
 
 
 def test_plain_blueprint_api_without_a_server() -> None:
@@ -346,7 +409,43 @@ def test_routes_added_after_init_app_reach_every_app() -> None:
         WebSocket(allowed_origins=["example.com/path"])
 
 
-# Debug mode.
+# Plain HTTP.
+
+
+def test_plain_http_to_a_websocket_url(app: Flask) -> None:
+    flask_client = app.test_client()
+    response = flask_client.get("/info")
+    assert response.status_code == 426 and response.headers["Upgrade"] == "websocket"
+    assert response.get_data().startswith(b"this URL is a WebSocket endpoint")
+    echo = flask_client.get("/echo")  # the HTTP view beside the WebSocket /echo
+    assert echo.get_data(as_text=True) == "HTTP view at the same URL"
+
+
+def test_the_apps_own_websocket_mismatch_handler_is_kept() -> None:
+    app = Flask("own")
+
+    @app.errorhandler(WebsocketMismatch)
+    def mine(error: Exception) -> tuple[str, int]:
+        return "mine", 400
+
+    WebSocket(app).route("/ws")(lambda ws: None)
+    assert app.test_client().get("/ws").data == b"mine"
+    other = Flask("other")
+    WebSocket(other).route("/ws")(lambda ws: None)
+    assert other.test_client().get("/ws").status_code == 426
+
+
+# Debug mode: uWSGI's log and the debug environment, under real uWSGI.
+
+
+def log_of_a_failing_handler(server: AppServer) -> str:
+    """Open ``/life/raise``, whose handler says "hi" then raises; return the server's log."""
+    with connect(f"{server.url}/life/raise") as ws:
+        assert ws.recv() == "hi"
+        with pytest.raises(ClientClosed):
+            ws.recv()
+    log: str = wait_for(lambda: "life boom" in server.output() and server.output())
+    return log
 
 
 @pytest.mark.parametrize("flavour", ["plain", "asyncio"])
@@ -364,25 +463,3 @@ def test_debug_mode_logs_in_full_and_never_serves_the_debugger(flavour: str) -> 
             assert "debugger" not in body and "console" not in body
         wait_for(lambda: "RuntimeError: an HTTP view failed" in server.output())
         assert "__debugger__" not in server.output()
-
-
-def test_plain_http_to_a_websocket_url(server: AppServer) -> None:
-    with pytest.raises(urllib.error.HTTPError) as info:
-        server.http("/info")
-    assert info.value.code == 426 and info.value.headers["Upgrade"] == "websocket"
-    assert info.value.read().startswith(b"this URL is a WebSocket endpoint")
-    assert server.http("/echo") == "HTTP view at the same URL"  # beside the WebSocket /echo
-
-
-def test_the_apps_own_websocket_mismatch_handler_is_kept() -> None:
-    app = Flask("own")
-
-    @app.errorhandler(WebsocketMismatch)
-    def mine(error: Exception) -> tuple[str, int]:
-        return "mine", 400
-
-    WebSocket(app).route("/ws")(lambda ws: None)
-    assert app.test_client().get("/ws").data == b"mine"
-    other = Flask("other")
-    WebSocket(other).route("/ws")(lambda ws: None)
-    assert other.test_client().get("/ws").status_code == 426
