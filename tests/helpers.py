@@ -7,6 +7,7 @@
   send what real clients never would. It frames by hand on purpose: malformed frames are
   its job.
 - :func:`wait_for`, :func:`upgrade_environ`, :func:`child_env`.
+- :func:`refused`, :func:`closed`: for tests with the in-process test client.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from flask_uwsgi_websocket import ConnectionClosed
 from flask_uwsgi_websocket.core.handshake import accept_key
 from flask_uwsgi_websocket.live_server import free_port, wait_for_answer
+from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -385,3 +390,23 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+# The in-process test client.
+
+#: How long a message that is on its way may take; generous, the machine may be busy.
+SOON = 5.0
+
+
+def refused(client: TestClient, path: str, **kwargs: Any) -> Any:
+    """The response of an upgrade the app refuses."""
+    with pytest.raises(UpgradeRefused) as info:
+        client.connect(path, **kwargs).close()
+    return info.value.response
+
+
+def closed(ws: TestConnection) -> ConnectionClosed:
+    """What ``receive`` raises once the server has closed the connection."""
+    with pytest.raises(ConnectionClosed) as info:
+        ws.receive(timeout=SOON)
+    return info.value

@@ -25,23 +25,20 @@ from websockets.sync.client import connect
 from werkzeug.routing import WebsocketMismatch
 
 from flask_uwsgi_websocket import (
-    ConnectionClosed,
     GeventWebSocket,
     Options,
     WebSocket,
     WebSocketBlueprint,
 )
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
-from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
+from flask_uwsgi_websocket.testing import TestClient, TestConnection
 
 from .app_common import app_events, db_scope_ids
 from .app_inprocess import FLAVOURS, make_app
-from .helpers import AppServer, wait_for
+from .helpers import SOON, AppServer, closed, refused, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-#: How long a message that is on its way may take; generous, the machine may be busy.
-SOON = 5.0
 #: The host of the test client's requests.
 HOST = "localhost"
 
@@ -76,20 +73,6 @@ def life_events(app: Flask, tag: str) -> list[dict[str, Any]]:
 
 def names(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in events]
-
-
-def refused(client: TestClient, path: str, **kwargs: Any) -> Any:
-    """The response of an upgrade the app refuses."""
-    with pytest.raises(UpgradeRefused) as info:
-        client.connect(path, **kwargs).close()
-    return info.value.response
-
-
-def closed(ws: TestConnection) -> ConnectionClosed:
-    """What ``receive`` raises once the server has closed the connection."""
-    with pytest.raises(ConnectionClosed) as info:
-        ws.receive(timeout=SOON)
-    return info.value
 
 
 def receive_json(ws: TestConnection) -> Any:

@@ -19,14 +19,13 @@ from flask import Flask
 
 from flask_uwsgi_websocket import ConnectionClosed
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
-from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
+from flask_uwsgi_websocket.testing import TestClient, TestConnection
 
 from .app_testing import FLAVOURS, TRUSTED, events, make_app
+from .helpers import SOON, closed, refused
 
 pytestmark = pytest.mark.timeout(60)
 
-#: How long a message that is on its way may take; generous, the machine may be busy.
-SOON = 5.0
 #: How long to wait for a message that must not come.
 QUIET = 0.2
 #: Connections at once.
@@ -51,20 +50,6 @@ def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
 @pytest.fixture
 def client(websocket: WebSocketExtension) -> TestClient:
     return websocket.test_client()
-
-
-def refused(client: TestClient, path: str, **kwargs: Any) -> Any:
-    """The response of an upgrade the app refuses."""
-    with pytest.raises(UpgradeRefused) as info:
-        client.connect(path, **kwargs).close()
-    return info.value.response
-
-
-def closed(ws: TestConnection) -> ConnectionClosed:
-    """What ``receive`` raises once the server has closed the connection."""
-    with pytest.raises(ConnectionClosed) as info:
-        ws.receive(timeout=SOON)
-    return info.value
 
 
 def recorded(app: Flask, route: str) -> list[dict[str, Any]]:
