@@ -8,6 +8,7 @@ end, so what a handler recorded is read after the block.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import pytest
 from flask import Flask
 
 from flask_uwsgi_websocket import ConnectionClosed
+from flask_uwsgi_websocket.core.connection import Connection
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 from flask_uwsgi_websocket.testing import TestClient, TestConnection
 
@@ -428,3 +430,24 @@ def test_many_connections_at_once(client: TestClient) -> None:
                 assert ws.receive(timeout=SOON) == f"{i}.{round}"
         assert all(ws.connected for ws in all_of_them)
     assert all(ws.close_code == 1000 for ws in all_of_them)
+
+
+def test_a_connection_that_cannot_start_is_closed_with_1011(
+    app: Flask,
+    client: TestClient,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of a resource after the 101 (here: no more file descriptors): 1011, logged."""
+
+    def out_of_descriptors(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Connection, "__init__", out_of_descriptors)
+    caplog.set_level(logging.ERROR)
+    with client.connect("/echo") as ws:
+        assert closed(ws).code == 1011
+    assert ws.close_reason == "internal error"
+    (record,) = [r for r in caplog.records if r.name == app.logger.name]
+    assert record.getMessage() == "WebSocket connection to /echo could not start; closed with 1011"
+    assert record.exc_info is not None and record.exc_info[1].errno == errno.EMFILE

@@ -7,6 +7,7 @@ and ``run`` defaults.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import weakref
@@ -14,12 +15,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from flask import current_app, has_app_context
+from websockets.frames import Opcode
 from werkzeug.routing import WebsocketMismatch
 
 from .. import uwsgi_api
 from ..broadcast.brokers import Broker, LocalBroker, make_broker
 from ..broadcast.message import Broadcast
 from ..broadcast.registry import Rooms
+from ..core.framing import build_frame
 from ..core.options import Options
 from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
@@ -45,6 +48,10 @@ __all__ = ["WebSocketExtension"]
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
+
+
+#: The close frame of a connection that could not start (1011, internal error).
+CLOSE_1011 = build_frame(Opcode.CLOSE, (1011).to_bytes(2, "big") + b"internal error")
 
 
 class Client(Protocol):
@@ -180,7 +187,20 @@ class WebSocketExtension:
         """
         broker = self.broker(app)
         broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
-        client = self.client_class(socket_fd(environ), environ, options, handshake, broker.rooms)
+        fd = socket_fd(environ)
+        try:
+            client = self.client_class(fd, environ, options, handshake, broker.rooms)
+        except Exception as exc:  # out of a resource (memory, watchers): not a silent drop
+            app.logger.error(
+                "WebSocket connection to %s could not start; closed with 1011",
+                environ.get("PATH_INFO"),
+                exc_info=exc,
+            )
+            with contextlib.suppress(OSError):
+                os.write(
+                    fd, build_frame(Opcode.CLOSE, (1011).to_bytes(2, "big") + b"internal error")
+                )
+            return exc
         return client.serve(handler, kwargs, self, app)
 
     def test_client(
