@@ -14,7 +14,19 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Runtime", "runtime"]
+from . import uwsgi_api
+
+__all__ = ["SOCKET", "Runtime", "runtime", "socket_fd"]
+
+#: The environ key of the connected socket that a server other than uWSGI gives (the test
+#: client, the middleware under Werkzeug's development server).
+SOCKET = "flask_uwsgi_websocket.socket"
+
+
+def socket_fd(environ: dict[str, Any]) -> int:
+    """The upgraded connection's socket: the one in ``environ[SOCKET]``, else uWSGI's."""
+    sock = environ.get(SOCKET)
+    return sock.fileno() if sock is not None else uwsgi_api.connection_fd()
 
 
 class Runtime(Protocol):

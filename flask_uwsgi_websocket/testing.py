@@ -40,8 +40,7 @@ from websockets.uri import parse_uri
 
 from .core.framing import Message
 from .exceptions import ConnectionClosed, WebSocketError
-from .flask.views import SOCKET
-from .runtimes import runtime
+from .runtimes import SOCKET, runtime
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -25,6 +25,7 @@ from ..broadcast.registry import Rooms
 from ..core.framing import build_frame
 from ..core.options import Options
 from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
+from ..runtimes import socket_fd
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
 from .views import (
@@ -32,7 +33,6 @@ from .views import (
     WebSocketView,
     add_websocket_rule,
     not_an_upgrade,
-    socket_fd,
     split_options,
 )
 

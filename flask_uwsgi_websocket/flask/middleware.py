@@ -11,8 +11,8 @@ from werkzeug.exceptions import HTTPException
 from .. import uwsgi_api
 from ..core.handshake import is_upgrade_attempt, validate
 from ..exceptions import HandshakeError
-from ..runtimes import runtime
-from .views import SOCKET, Server, refusal
+from ..runtimes import SOCKET, runtime
+from .views import Server, refusal
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

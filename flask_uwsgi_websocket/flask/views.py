@@ -28,16 +28,15 @@ from .. import uwsgi_api
 from ..core.handshake import Handshake, check_origin, negotiate
 from ..core.options import Options
 from ..exceptions import HandshakeError
+from ..runtimes import SOCKET
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
 
-__all__ = ["SOCKET", "Server", "WebSocketView", "add_websocket_rule", "socket_fd", "split_options"]
+__all__ = ["Server", "WebSocketView", "add_websocket_rule", "split_options"]
 
 OPTION_NAMES = Options.names() | {"timeout"}
-#: The environ key of the connected socket a server other than uWSGI gives (the test client).
-SOCKET = "flask_uwsgi_websocket.socket"
 logger = logging.getLogger("flask_uwsgi_websocket")
 #: Why an upgrade through uWSGI's ``--http`` router without ``--http-websockets`` is refused.
 ROUTER_WITHOUT_WEBSOCKETS = (
@@ -162,12 +161,6 @@ def _switching_protocols(response_class: type[Response]) -> type[Response]:
 
         switching = _SWITCHING[response_class] = SwitchingProtocols
     return switching
-
-
-def socket_fd(environ: dict[str, Any]) -> int:
-    """The upgraded connection's socket: the one in ``environ[SOCKET]``, else uWSGI's."""
-    sock = environ.get(SOCKET)
-    return sock.fileno() if sock is not None else uwsgi_api.connection_fd()
 
 
 def refusal(app: Flask, error: HandshakeError) -> Response:
