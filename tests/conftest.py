@@ -1,10 +1,16 @@
-"""Fixtures: the test app served by real uWSGI, once per flavour for the session."""
+"""Fixtures: the test app served by real uWSGI, once per flavour for the session; and, for
+the tests of the in-process test client, a new app of each flavour made by the test
+module's own ``make_app(flavour)``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from flask import Flask
+
+from flask_uwsgi_websocket.flask.extension import WebSocketExtension
+from flask_uwsgi_websocket.testing import TestClient
 
 from .helpers import AppServer
 
@@ -35,3 +41,28 @@ def asyncio_server() -> Iterator[AppServer]:
     """The test app under uWSGI in the asyncio flavour only."""
     with AppServer("asyncio") as srv:
         yield srv
+
+
+@pytest.fixture(params=["plain", "gevent", "asyncio"])
+def made(request: pytest.FixtureRequest) -> tuple[Flask, WebSocketExtension]:
+    """A new app and its extension of each flavour, from the test module's ``make_app``."""
+    made: tuple[Flask, WebSocketExtension] = request.module.make_app(request.param)
+    return made
+
+
+@pytest.fixture
+def app(made: tuple[Flask, WebSocketExtension]) -> Flask:
+    """The app of :func:`made`."""
+    return made[0]
+
+
+@pytest.fixture
+def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
+    """The extension of :func:`made`."""
+    return made[1]
+
+
+@pytest.fixture
+def client(websocket: WebSocketExtension) -> TestClient:
+    """The in-process test client of :func:`made`'s app."""
+    return websocket.test_client()

@@ -33,34 +33,17 @@ from flask_uwsgi_websocket import (
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 from flask_uwsgi_websocket.testing import TestClient, TestConnection
 
+from . import app_inprocess
 from .app_common import app_events, db_scope_ids
-from .app_inprocess import FLAVOURS, make_app
 from .helpers import SOON, AppServer, closed, refused, wait_for
+
+#: What conftest's ``made`` fixture builds, in each flavour.
+make_app = app_inprocess.make_app
 
 pytestmark = pytest.mark.timeout(60)
 
 #: The host of the test client's requests.
 HOST = "localhost"
-
-
-@pytest.fixture(params=FLAVOURS)
-def made(request: pytest.FixtureRequest) -> tuple[Flask, WebSocketExtension]:
-    return make_app(request.param)
-
-
-@pytest.fixture
-def app(made: tuple[Flask, WebSocketExtension]) -> Flask:
-    return made[0]
-
-
-@pytest.fixture
-def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
-    return made[1]
-
-
-@pytest.fixture
-def client(websocket: WebSocketExtension) -> TestClient:
-    return websocket.test_client()
 
 
 def life_events(app: Flask, tag: str) -> list[dict[str, Any]]:

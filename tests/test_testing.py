@@ -23,8 +23,12 @@ from flask_uwsgi_websocket.core.connection import Connection
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 from flask_uwsgi_websocket.testing import TestClient, TestConnection
 
-from .app_testing import FLAVOURS, TRUSTED, events, make_app
+from . import app_testing
+from .app_testing import TRUSTED, events
 from .helpers import SOON, closed, refused
+
+#: What conftest's ``made`` fixture builds, in each flavour.
+make_app = app_testing.make_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,26 +36,6 @@ pytestmark = pytest.mark.timeout(60)
 QUIET = 0.2
 #: Connections at once.
 MANY = 20
-
-
-@pytest.fixture(params=FLAVOURS)
-def made(request: pytest.FixtureRequest) -> tuple[Flask, WebSocketExtension]:
-    return make_app(request.param)
-
-
-@pytest.fixture
-def app(made: tuple[Flask, WebSocketExtension]) -> Flask:
-    return made[0]
-
-
-@pytest.fixture
-def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
-    return made[1]
-
-
-@pytest.fixture
-def client(websocket: WebSocketExtension) -> TestClient:
-    return websocket.test_client()
 
 
 def recorded(app: Flask, route: str) -> list[dict[str, Any]]:
