@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,7 +27,7 @@ import greenlet
 from . import uwsgi_api
 from .client import DEFAULT, Client, receiving
 from .core.framing import Message
-from .core.reactor import Reactor, Timer, in_this_thread
+from .core.reactor import Reactor, Timer, call_threadsafe
 from .exceptions import ConnectionClosed, WebSocketError
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
@@ -45,8 +46,7 @@ class AsyncioReactor:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         self.fd = fd
         self.loop = loop
-        #: Call a function in the loop's thread, from any thread.
-        self.call_soon_threadsafe = in_this_thread(loop.call_soon_threadsafe)
+        self._thread = threading.get_ident()  # the loop's
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` from the loop whenever the socket is readable."""
@@ -65,6 +65,10 @@ class AsyncioReactor:
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Call ``callback`` from the loop after ``delay`` seconds."""
         return self.loop.call_later(delay, callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from the loop, from any thread: now if this is the loop's."""
+        call_threadsafe(self._thread, self.loop.call_soon_threadsafe, callback)
 
     def close(self) -> None:
         """Stop watching the socket."""

@@ -11,6 +11,7 @@ raised in the handler's greenlet, which ends it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from .client import BlockingClient
-from .core.reactor import Reactor, Timer, in_this_thread
+from .core.reactor import Reactor, Timer, call_threadsafe
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
 
@@ -49,8 +50,7 @@ class GeventReactor:
         self.loop = get_hub().loop
         self._read = self.loop.io(fd, 1)
         self._write = self.loop.io(fd, 2)
-        #: Call a function in the hub's thread, from any thread.
-        self.call_soon_threadsafe = in_this_thread(self.loop.run_callback_threadsafe)
+        self._thread = threading.get_ident()  # the hub's
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` from the hub whenever the socket is readable."""
@@ -69,6 +69,10 @@ class GeventReactor:
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Call ``callback`` from the hub after ``delay`` seconds."""
         return GeventTimer(self.loop, delay, callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from the hub, from any thread: now if this is the hub's."""
+        call_threadsafe(self._thread, self.loop.run_callback_threadsafe, callback)
 
     def close(self) -> None:
         """Stop and free both watchers."""

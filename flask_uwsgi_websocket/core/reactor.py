@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Reactor", "Timer", "in_this_thread"]
+__all__ = ["Reactor", "Timer", "call_threadsafe"]
 
 
 class Timer(Protocol):
@@ -40,17 +40,12 @@ class Reactor(Protocol):
         """Stop every watcher; the socket itself is closed by its owner after."""
 
 
-def in_this_thread(
-    schedule: Callable[[Callable[[], None]], Any],
-) -> Callable[[Callable[[], None]], None]:
-    """A function that calls its argument now in this thread, and from any other thread
-    hands it to ``schedule``: the thread-safe ``call_soon`` of the loop this thread runs."""
-    thread = threading.get_ident()
-
-    def call(function: Callable[[], None]) -> None:
-        if threading.get_ident() == thread:
-            function()
-        else:
-            schedule(function)
-
-    return call
+def call_threadsafe(
+    thread: int, schedule: Callable[[Callable[[], None]], Any], callback: Callable[[], None]
+) -> None:
+    """Call ``callback`` now if this is thread ``thread`` (``threading.get_ident()``), else
+    hand it to ``schedule``, the thread-safe ``call_soon`` of the loop that thread runs."""
+    if threading.get_ident() == thread:
+        callback()
+    else:
+        schedule(callback)
