@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -699,7 +700,12 @@ def test_the_install_hint_builds_every_engine_over_a_stock_uwsgi(tmp_path: Path)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     pip = [python, "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, str(ROOT), "uwsgi"], check=True, capture_output=True, timeout=600)
+    # A copy of the project: pip builds in the source tree, which would keep a build/ folder.
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(
+        ".*", "build", "*.egg-info", "__pycache__", "tests", "bench", "examples",
+    ))  # fmt: skip
+    subprocess.run([*pip, str(project), "uwsgi"], check=True, capture_output=True, timeout=600)
     assert "asyncio" not in engines(str(venv / "bin" / "uwsgi"))
     printed = "from flask_uwsgi_websocket.runner import INSTALL_HINT; print(INSTALL_HINT)"
     hint = subprocess.run(
