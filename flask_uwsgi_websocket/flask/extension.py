@@ -197,9 +197,7 @@ class WebSocketExtension:
                 exc_info=exc,
             )
             with contextlib.suppress(OSError):
-                os.write(
-                    fd, build_frame(Opcode.CLOSE, (1011).to_bytes(2, "big") + b"internal error")
-                )
+                os.write(fd, CLOSE_1011)
             return exc
         return client.serve(handler, kwargs, self, app)
 
