@@ -516,13 +516,14 @@ class Connection:
         self.protocol.send_ping(data)
         self._flush_protocol()
 
-    def begin_close(self, code: int, reason: str) -> None:
+    def begin_close(self, code: int, reason: str, timeout: float | None = None) -> None:
         """Start the closing handshake with ``code``; nothing once closing. With the lock
-        held; the connection is :attr:`closed` when it ends (``close_timeout`` at most)."""
+        held; the connection is :attr:`closed` when it ends: ``timeout`` seconds at most
+        (default ``close_timeout``)."""
         if self.protocol.state is OPEN:
             self.protocol.send_close(code, reason)
             self._flush_protocol()
-            self._start_close_timer()
+            self._start_close_timer(timeout)
             self._update_reading()  # read the peer's answer even when the queue is full
 
     def fail(self, code: int, reason: str) -> None:
@@ -540,10 +541,11 @@ class Connection:
         self._update_reading()
         self._update_writing()
 
-    def _start_close_timer(self) -> None:
+    def _start_close_timer(self, timeout: float | None = None) -> None:
         if self._close_timer is None:
             self._close_timer = self.reactor.call_later(
-                self.options.close_timeout, self._on_close_timeout
+                self.options.close_timeout if timeout is None else timeout,
+                self._on_close_timeout,
             )
 
     def _on_close_timeout(self) -> None:
