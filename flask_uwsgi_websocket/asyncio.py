@@ -32,6 +32,7 @@ from .exceptions import ConnectionClosed, WebSocketError
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
 from .flask.serving import ErrorHandlers, outcome_async
+from .shutdown import watch_signals
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -321,6 +322,7 @@ class AsyncioWebSocket(WebSocketExtension):
     run_defaults: ClassVar[dict[str, Any]] = {"asyncio": 100, "greenlet": True}
     engine: ClassVar[str | None] = "asyncio"
     plugins: ClassVar[tuple[str, ...]] = ("asyncio", "greenlet")
+    watch_worker_end = staticmethod(watch_signals)
 
     def broadcast(  # type: ignore[override]
         self, message: Any, room: str | None = None, exclude: Any = None

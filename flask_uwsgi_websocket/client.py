@@ -23,6 +23,7 @@ from .core.connection import Connection
 from .core.framing import Message
 from .exceptions import ConnectionClosed
 from .flask.serving import ErrorHandlers, outcome_sync
+from .shutdown import connections
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -155,17 +156,32 @@ class Client:
             raise RuntimeError("this connection was not made by the extension: it has no rooms")
         return self._registry
 
+    def go_away(self, code: int, reason: str, timeout: float) -> None:
+        """Close with ``code`` from any thread, giving the peer ``timeout`` seconds to
+        answer: the worker is going away (see ``shutdown``). The handler ends where it
+        waits."""
+        connection = self.connection
+
+        def close() -> None:
+            with connection.lock:
+                connection.begin_close(code, reason, timeout)
+                self._wake()
+
+        connection.reactor.call_soon_threadsafe(close)
+
     def _start(self) -> None:
         """Start the connection and enter the app's registry; the handler is about to run."""
         self.connection.start()
         if self._registry is not None:
             self._registry.add(self.connection, self.connection.reactor.call_soon_threadsafe)
+        connections.opened(self)
 
     def _release(self) -> None:
         """Leave the rooms and stop watching the socket; uWSGI closes it when the request ends."""
         if self._registry is not None:
             self._registry.remove(self.connection)
         self.connection.release()
+        connections.closed(self)
 
 
 class BlockingClient(Client):

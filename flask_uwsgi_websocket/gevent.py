@@ -11,18 +11,22 @@ raised in the handler's greenlet, which ends it.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import gevent
 import greenlet
 from gevent import get_hub
 from gevent.hub import Waiter
 
+from . import uwsgi_api
 from .client import BlockingClient
 from .core.reactor import Reactor, Timer, call_threadsafe
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
+from .shutdown import RECYCLE_CHECK, connections
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -146,6 +150,38 @@ class GeventWebSocketClient(BlockingClient):
         self._handler = None
 
 
+def watch_worker_end() -> None:
+    """In each uWSGI worker: close the connections with 1001 when uWSGI ends it.
+
+    uWSGI's gevent loop handles the signals on the hub: SIGHUP stops accepting and
+    waits for the requests to end, checking each second; SIGINT and SIGTERM end the
+    loop at once, and the worker's main greenlet then calls ``uwsgi.atexit`` with the
+    hub still running. So: ``uwsgi.atexit`` for those, and for SIGHUP a handler of our
+    own beside uWSGI's (libev calls both), added by the first connection: a signal
+    watcher made before uWSGI's loop runs leaves uWSGI's graceful reload blind to the
+    running requests. Where the worker may recycle itself (``--max-requests``...), a
+    greenlet looks each second.
+    """
+    uwsgi_api.at_exit(_shut_down)
+    connections.when_first_opened(_watch_sighup)
+
+
+def _watch_sighup() -> None:
+    gevent.signal_handler(signal.SIGHUP, _shut_down)
+    if uwsgi_api.watches_recycling():
+        gevent.spawn(_watch_recycling)
+
+
+def _watch_recycling() -> None:
+    while not uwsgi_api.recycling():
+        gevent.sleep(RECYCLE_CHECK)
+    _shut_down()
+
+
+def _shut_down() -> None:
+    connections.shut_down(gevent.sleep)
+
+
 class GeventWebSocketMiddleware(WebSocketMiddleware):
     """The middleware of the gevent flavour (0.6.1 name): :class:`WebSocketMiddleware`."""
 
@@ -158,3 +194,4 @@ class GeventWebSocket(WebSocketExtension):
     run_defaults: ClassVar[dict[str, Any]] = {"gevent": 100}
     engine: ClassVar[str | None] = "gevent"
     plugins: ClassVar[tuple[str, ...]] = ("gevent",)
+    watch_worker_end = staticmethod(watch_worker_end)

@@ -19,6 +19,7 @@ from .client import BlockingClient
 from .core.reactor import Reactor, Timer
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
+from .shutdown import watch_signals
 
 __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
 
@@ -175,3 +176,4 @@ class WebSocket(WebSocketExtension):
     run_defaults: ClassVar[dict[str, Any]] = {"enable_threads": True, "threads": 8}
     engine: ClassVar[str | None] = None
     plugins: ClassVar[tuple[str, ...]] = ()
+    watch_worker_end = staticmethod(watch_signals)

@@ -7,6 +7,7 @@ each function here says what it answers then.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,16 @@ except ImportError:
     uwsgi = None
 
 __all__ = [
+    "at_exit",
     "connection_fd",
     "in_each_worker",
     "loop_engine",
     "option",
+    "recycling",
     "router_relays_websockets",
     "running",
     "sharedarea_read",
+    "watches_recycling",
     "worker_count",
     "worker_id",
 ]
@@ -74,6 +78,50 @@ def router_relays_websockets(environ: dict[str, Any] | None = None) -> bool:
     return bool(option("http-websockets") or option("http-raw-body"))
 
 
+def _number(name: str, default: int = 0) -> int:
+    value = option(name)
+    if value is None or value is True:
+        return default
+    if isinstance(value, list):
+        value = value[-1]
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+#: The options under which a worker recycles itself, telling nobody.
+RECYCLING_OPTIONS = ("max-requests", "reload-on-rss", "reload-on-as")
+
+
+def recycling() -> bool:
+    """Whether uWSGI is recycling this worker by its own choice: ``--max-requests``,
+    ``--reload-on-rss`` or ``--reload-on-as`` reached (past ``--min-worker-lifetime``).
+
+    uWSGI decides that as a request ends and then only stops accepting: no signal, so
+    a worker with WebSocket connections waits ``--worker-reload-mercy``. The figures
+    read here are the ones uWSGI compared (the worker's shared-memory record).
+    """
+    if not watches_recycling():
+        return False
+    me = uwsgi.workers()[worker_id() - 1]
+    if time.time() - me["last_spawn"] < _number("min-worker-lifetime", 10):
+        return False
+    max_requests = _number("max-requests")
+    if max_requests and me["delta_requests"] >= (
+        max_requests + (worker_id() - 1) * _number("max-requests-delta")
+    ):
+        return True
+    megabytes = 1024 * 1024
+    for name, key in (("reload-on-rss", "rss"), ("reload-on-as", "vsz")):
+        limit = _number(name)
+        if limit and me[key] >= limit * megabytes:
+            return True
+    return False
+
+
+def watches_recycling() -> bool:
+    """Whether this worker may recycle itself (see :func:`recycling`)."""
+    return uwsgi is not None and any(option(name) for name in RECYCLING_OPTIONS)
+
+
 def connection_fd() -> int:
     """The socket of the current request: after a ``101``, the WebSocket's."""
     fd: int = _api().connection_fd()
@@ -119,4 +167,27 @@ def _nothing() -> None:
 
 def _post_fork() -> None:
     for function in (*_chained, *_fork_callbacks):
+        function()
+
+
+_exit_callbacks: list[Callable[[], None]] = []
+
+
+def at_exit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when this uWSGI process exits through ``uwsgi.atexit`` (a worker
+    of the gevent loop engine calls it in its main greenlet, the hub still running, once
+    told to stop); outside uWSGI, never. Any ``uwsgi.atexit`` set before is called first;
+    each callback once, however often given."""
+    if uwsgi is None or callback in _exit_callbacks:
+        return
+    if not _exit_callbacks:
+        previous = getattr(uwsgi, "atexit", None)
+        if previous is not None:
+            _exit_callbacks.append(previous)
+        uwsgi.atexit = _at_exit
+    _exit_callbacks.append(callback)
+
+
+def _at_exit() -> None:
+    for function in _exit_callbacks:
         function()

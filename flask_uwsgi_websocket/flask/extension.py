@@ -108,6 +108,11 @@ class WebSocketExtension:
     #: The uWSGI plugins ``run`` checks the binary for.
     plugins: ClassVar[tuple[str, ...]] = ()
 
+    @staticmethod
+    def watch_worker_end() -> None:
+        """Called in each uWSGI worker as it starts: make the worker close its connections
+        with 1001 when uWSGI ends or recycles it (see ``shutdown``)."""
+
     def __init__(self, app: Flask | None = None, broker: str | None = None, **options: Any) -> None:
         #: The options given to the extension; each app adds its config.
         self.options = Options().replace(**options)
@@ -147,6 +152,7 @@ class WebSocketExtension:
         if not isinstance(broker, LocalBroker):
             # Subscribed before the worker's first connection.
             uwsgi_api.in_each_worker(broker.start)
+        uwsgi_api.in_each_worker(self.watch_worker_end)
         app.wsgi_app = self.middleware_class(app.wsgi_app, self, app)  # type: ignore[method-assign]
         if uwsgi_api.running() and os.environ.get(DEBUG_ENV) == "1":
             _serve_the_debugger(app)
