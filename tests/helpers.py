@@ -124,6 +124,7 @@ class UwsgiServer(ServerProcess):
     ``mode`` is how clients reach the worker: ``"http"`` (the ``--http`` router
     with ``--http-websockets``), ``"http-socket"`` (the worker speaks HTTP), or
     ``"http-socket-websockets"`` (both ``--http-socket`` and ``--http-websockets``).
+    ``port``: that port instead of a free one (a new server where a stopped one was).
     """
 
     def __init__(
@@ -133,8 +134,9 @@ class UwsgiServer(ServerProcess):
         mode: str = "http",
         env: dict[str, str] | None = None,
         cwd: str | Path = ROOT,
+        port: int | None = None,
     ) -> None:
-        port = free_port()
+        port = port or free_port()
         address = f"127.0.0.1:{port}"
         if mode == "http":
             listen = ["--http", address, "--http-websockets"]
