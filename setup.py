@@ -29,6 +29,7 @@ setup(
             "websocket-client>=1.6",
             "Flask-Login>=0.6.3",
             "Flask-SQLAlchemy>=3.1",
+            "playwright>=1.65",  # drives Debian's chromium (tests/test_chat_browser.py)
         ],
         "bench": ["picows>=1.6", "uvloop>=0.19"],
     },

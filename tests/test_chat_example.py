@@ -49,11 +49,11 @@ def get(url: str) -> tuple[str, str]:
 
 
 def check_page(address: str) -> str:
-    """``/`` leads to ``/lobby``, whose page opens the WebSocket of the host it came from."""
+    """``/`` leads to ``/lobby``, whose page opens the WebSocket at ``/ws/lobby`` of the host
+    it came from (the page makes the path a URL: tests/test_chat_browser.py runs it)."""
     url, page = get(f"http://{address}/")
     assert url == f"http://{address}/lobby"
-    ws_url = f"ws://{address}/ws/lobby"
-    assert f"const url = {json.dumps(ws_url)};" in page
+    assert 'const path = "/ws/lobby";' in page
     assert "<title>lobby - chat</title>" in page
     # Self-contained: no script, style sheet or image from elsewhere; text inserted as text.
     assert re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"' >]*)""", page) == ["data:,"]
@@ -62,11 +62,11 @@ def check_page(address: str) -> str:
     # The room comes from the URL: escaped in the page, quoted in the WebSocket URL.
     _, page = get(f"http://{address}/%3Cb%3Ex")
     assert "<title>&lt;b&gt;x - chat</title>" in page and "<b>x" not in page
-    assert f'const url = "ws://{address}/ws/%3Cb%3Ex";' in page
+    assert 'const path = "/ws/%3Cb%3Ex";' in page
     with pytest.raises(urllib.error.HTTPError) as info:
         get(f"http://{address}/{'x' * 41}")  # a room name is at most 40 characters
     assert info.value.code == 404
-    return ws_url
+    return f"ws://{address}/ws/lobby"
 
 
 class Chatter:
