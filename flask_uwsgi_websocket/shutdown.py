@@ -62,7 +62,7 @@ GRACE = 2.0
 #: Seconds between two looks at whether uWSGI recycles the worker (``--max-requests``...).
 RECYCLE_CHECK = 1.0
 
-CODE, REASON = 1001, "going away"
+CODE, REASON = 1001, ""  # the code says it all
 
 
 class Closable(Protocol):

@@ -1,5 +1,5 @@
 """``examples/chat.py`` in a real browser: headless Chromium (Debian's ``chromium``) driven by
-Playwright for Python, served by uWSGI's ``--http`` router and through nginx with TLS.
+Playwright for Python, served by uWSGI (``--http-socket``) and through nginx with TLS.
 
 Two users, each in a browser context of their own (own storage, as two people), type in the
 page and see each other's messages; the page's state line shows connecting, open, and closed
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,11 +139,12 @@ def talk(alice: User, bob: User) -> None:
         expect(user.page.locator("#messages img")).to_have_count(0)
 
 
-def test_talk_then_the_server_closes_goes_and_comes_back(browser: Browser, artifacts: Path) -> None:
-    """Served by uWSGI's ``--http`` router: the page shows the server's close code, the loss
-    of the server, and is open again once a new server listens on the same port."""
+def test_talk_reload_stop_and_come_back(browser: Browser, artifacts: Path) -> None:
+    """Served by uWSGI (``--http-socket``): the page shows the server's close codes, a
+    reload's 1001 and the reconnect, a stop's 1001, and is open again once a new server
+    listens on the same port."""
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(chat_server())
+        server = stack.enter_context(chat_server(mode="http-socket"))
         url = f"http://{server.address}/lobby"
         alice, bob = User(stack, browser, url, "alice"), User(stack, browser, url, "bob")
         talk(alice, bob)
@@ -154,15 +156,24 @@ def test_talk_then_the_server_closes_goes_and_comes_back(browser: Browser, artif
         expect(alice.messages("status")).to_have_text([closed_1009])
         expect(alice.state).to_have_text("open")
 
-        # The server goes away (1006 today: uWSGI's stop sends no close frame), then a new one
-        # listens on the same port, and both pages are open again.
+        # A graceful reload: both pages are told 1001 and reconnect to the new worker.
+        os.kill(server.pid, signal.SIGHUP)
+        going_away = re.compile(r"closed 1001 going away")
+        for user in (alice, bob):
+            expect(user.messages("status").last).to_have_text(going_away)
+            expect(user.state).to_have_text("open")
+        alice.say("after the reload")
+        bob.sees("alice", "after the reload")
+
+        # A stop: 1001 again, then a new server on the same port, and both pages are back.
         assert server.stop() == 0
         for user in (alice, bob):
-            expect(user.state).to_have_text(re.compile(r"^closed 100[16] .*; reconnecting in "))
-        stack.enter_context(chat_server(port=server.port))
+            expect(user.state).to_have_text(re.compile(r"^closed .*; reconnecting in "))
+            expect(user.messages("status")).to_have_count(2 if user is bob else 3)
+            expect(user.messages("status").last).to_have_text(going_away)
+        stack.enter_context(chat_server(mode="http-socket", port=server.port))
         for user in (alice, bob):
             expect(user.state).to_have_text("open")
-            expect(user.messages("status").last).to_have_text(re.compile(r"closed 100[16] "))
         bob.say("back again")
         alice.sees("bob", "back again")
         for user in (alice, bob):
