@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import greenlet
+from flask import json
 
 from . import uwsgi_api
 from .client import DEFAULT, Client, receiving
+from .core.connection import Ping
 from .core.framing import Message
 from .core.reactor import Reactor, Timer, call_threadsafe
 from .exceptions import ConnectionClosed, WebSocketError
@@ -90,6 +92,7 @@ class AsyncioWebSocketClient(Client):
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
+        self._pongs: list[tuple[Ping, asyncio.Future[float]]] = []  # ping() not yet answered
         super().__init__(*args, **kwargs)
 
     # The asyncio flavour's waiting.
@@ -118,8 +121,24 @@ class AsyncioWebSocketClient(Client):
         waiters, self._waiters = self._waiters, []
         for future in waiters:
             _resolve(future)
+        if self._pongs:
+            self._answer_pings()
         if self._task is not None and not self.connection.connected:
             self._loop.call_soon(self._stop_handler)
+
+    def _answer_pings(self) -> None:
+        pending = []
+        for ping, pong in self._pongs:
+            if pong.done():
+                continue
+            if ping.latency is not None:
+                pong.set_result(ping.latency)
+            elif self.connection.closed:
+                pong.set_exception(self.connection.closed_error())
+                pong.exception()  # retrieved: no warning for a pong nobody awaits
+            else:
+                pending.append((ping, pong))
+        self._pongs = pending
 
     def _stop_handler(self) -> None:
         task = self._task
@@ -209,9 +228,23 @@ class AsyncioWebSocketClient(Client):
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
         await self.send(uwsgi_api.sharedarea_read(id, pos))
 
-    async def ping(self, data: bytes | str = b"") -> None:
-        """Send a ping; the peer's pong is taken care of."""
-        self.connection.ping(data)
+    async def ping(self, data: bytes | str | None = None) -> asyncio.Future[float]:
+        """Send a ping (``data``: its payload, 4 random bytes by default); return a future
+        of its latency, done when the pong comes: ``await (await ws.ping())`` waits for it.
+        The future raises :class:`ConnectionClosed` if the connection closes first."""
+        pong: asyncio.Future[float] = self._loop.create_future()
+        self._pongs.append((self.connection.ping(data), pong))
+        return pong
+
+    async def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as JSON in a text message, with the app's JSON provider."""
+        await self.send(json.dumps(obj))
+
+    async def receive_json(self, timeout: float | None = DEFAULT) -> Any:
+        """The next message, decoded from JSON (text or binary); ``None`` when ``timeout``
+        seconds pass first, as :meth:`receive`. Raises ``ValueError`` for invalid JSON."""
+        message = await self.receive(timeout)
+        return None if message is None else json.loads(message)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` and wait for the peer's answer.

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from flask import json
 from websockets.frames import Opcode
 
 from . import uwsgi_api
-from .core.connection import Connection
+from .core.connection import Connection, Ping
 from .core.framing import Message
 from .exceptions import ConnectionClosed
 from .flask.serving import ErrorHandlers, outcome_sync
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .core.options import Options
     from .core.reactor import Reactor
 
-__all__ = ["BlockingClient", "Client", "receiving"]
+__all__ = ["BlockingClient", "Client", "Pong", "receiving"]
 
 #: ``receive()``'s timeout when none is given: the ``receive_timeout`` option.
 DEFAULT: Any = object()
@@ -123,6 +124,12 @@ class Client:
     def close_reason(self) -> str | None:
         """The reason of the peer's close frame; ``""`` when none came; ``None`` while open."""
         return self.connection.close_reason
+
+    @property
+    def latency(self) -> float:
+        """Seconds from the last answered ping (the keepalive's or ``ping()``'s) to its
+        pong; 0 until one is answered."""
+        return self.connection.latency
 
     @property
     def timeout(self) -> float | None:
@@ -267,10 +274,21 @@ class BlockingClient(Client):
         """Send, as binary, uWSGI shared area ``id`` from byte ``pos`` to its end."""
         self.send_binary(uwsgi_api.sharedarea_read(id, pos))
 
-    def ping(self, data: bytes | str = b"") -> None:
-        """Send a ping; the peer's pong is taken care of."""
+    def ping(self, data: bytes | str | None = None) -> Pong:
+        """Send a ping (``data``: its payload, 4 random bytes by default); return its
+        :class:`Pong`, to wait for the peer's answer (or not)."""
         with self.connection.lock:
-            self.connection.ping(data)
+            return Pong(self, self.connection.ping(data))
+
+    def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as JSON in a text message, with the app's JSON provider."""
+        self.send(json.dumps(obj))
+
+    def receive_json(self, timeout: float | None = DEFAULT) -> Any:
+        """The next message, decoded from JSON (text or binary); ``None`` when ``timeout``
+        seconds pass first, as :meth:`receive`. Raises ``ValueError`` for invalid JSON."""
+        message = self.receive(timeout)
+        return None if message is None else json.loads(message)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` and wait for the peer's answer.
@@ -329,3 +347,31 @@ class BlockingClient(Client):
 
     def _leave_handler(self) -> None:
         """The handler has ended."""
+
+
+class Pong:
+    """The answer to a ping of the plain or gevent flavour, as ``ws.ping()`` returns it."""
+
+    def __init__(self, client: BlockingClient, ping: Ping) -> None:
+        self._client = client
+        self._ping = ping
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the ping to its pong; ``None`` until the pong comes."""
+        return self._ping.latency
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the pong, ``timeout`` seconds at most (``None``: no limit); ``True``
+        when it came. Raises :class:`ConnectionClosed` if the connection closes first."""
+        client, connection = self._client, self._client.connection
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with connection.lock:
+            while self._ping.latency is None:
+                if connection.closed:
+                    raise connection.closed_error()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                client._wait(remaining)
+            return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import queue
 import socket
 import threading
@@ -251,6 +252,15 @@ class TestConnection:
         return self._messages.popleft()
 
     recv = receive
+
+    def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as JSON in a text message."""
+        self.send(json.dumps(obj))
+
+    def receive_json(self, timeout: float | None = None) -> Any:
+        """The next message decoded from JSON; ``None`` when ``timeout`` passes first."""
+        message = self.receive(timeout)
+        return None if message is None else json.loads(message)
 
     def ping(self, data: bytes = b"") -> None:
         """Send a ping; the server's pong is read with the messages."""

@@ -30,7 +30,7 @@ from flask_uwsgi_websocket.core.connection import LINGER, Connection
 from flask_uwsgi_websocket.core.framing import build_frame
 from flask_uwsgi_websocket.core.handshake import Handshake, negotiate
 from flask_uwsgi_websocket.core.options import Options
-from flask_uwsgi_websocket.exceptions import ConnectionClosed
+from flask_uwsgi_websocket.exceptions import ConnectionClosed, WebSocketError
 
 from .helpers import BINARY, CLOSE, CONT, PING, PONG, TEXT, close_payload, frame
 
@@ -811,6 +811,32 @@ def test_ping_is_sent_and_the_client_ping_answered(make: Callable[..., Harness])
     h.peer.send(frame(PONG, "hé".encode()))
     h.reactor.run_for(0.02)
     assert h.connection.connected
+
+
+def test_a_pong_answers_its_ping_and_every_earlier_one(make: Callable[..., Harness]) -> None:
+    h = make(ping_interval=None)
+    with h.lock:
+        first, second, third = (h.connection.ping(data) for data in (b"1", None, b"3"))
+        with pytest.raises(WebSocketError, match="already waiting"):
+            h.connection.ping(b"1")
+    assert len(second.data) == 4 and h.connection.latency == 0.0
+    h.run_until(lambda: len(h.peer.of(PING)) == 3)
+    h.peer.send(frame(PONG, second.data))
+    h.run_until(lambda: second.latency is not None)
+    assert first.latency is not None and third.latency is None
+    assert h.connection.latency == second.latency
+    h.peer.send(frame(PONG, b"unknown"))  # a pong nobody asked for is ignored
+    h.peer.send(frame(PONG, b"3"))
+    h.run_until(lambda: third.latency is not None)
+    with h.lock:
+        h.connection.ping(b"1")  # answered: its payload is free again
+
+
+def test_the_keepalive_measures_latency(make: Callable[..., Harness]) -> None:
+    h = make(ping_interval=0.05, ping_timeout=0.5)
+    answer_pings(h)
+    h.run_until(lambda: h.connection.latency > 0)
+    assert h.connection.latency < 0.5
 
 
 # 5. The closing handshake.

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol  # 16+: Protocol.current_size
 
-from ..exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed, WebSocketError
 from .framing import Message, apply_mask, frame_header, read_header
 from .options import Options
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .handshake import Handshake
     from .reactor import Reactor, Timer
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Ping"]
 
 logger = logging.getLogger("flask_uwsgi_websocket")
 # websockets logs every closed connection at INFO; keep only its warnings.
@@ -80,6 +80,20 @@ def _borrowed(fd: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.detach()
+
+
+class Ping:
+    """A ping sent by :meth:`Connection.ping`, answered when its pong comes."""
+
+    __slots__ = ("data", "latency", "sent")
+
+    def __init__(self, data: bytes) -> None:
+        #: The ping's payload, which its pong echoes.
+        self.data = data
+        #: When it was sent (``time.monotonic()``).
+        self.sent = time.monotonic()
+        #: Seconds from the ping to its pong; ``None`` until the pong comes.
+        self.latency: float | None = None
 
 
 class Connection:
@@ -132,7 +146,12 @@ class Connection:
         self._eof_received = False
         self._reading = False
         self._writing = False
-        self._ping_payload: bytes | None = None
+        self._ping_payload: bytes | None = None  # the keepalive's, until its pong
+        self._ping_sent = 0.0
+        self._pings: dict[bytes, Ping] = {}  # the caller's, oldest first, until answered
+        #: Seconds from the last answered ping (the keepalive's or a caller's) to its pong;
+        #: 0 until then.
+        self.latency = 0.0
         self._keepalive_timer: Timer | None = None
         self._pong_timer: Timer | None = None
         self._close_timer: Timer | None = None
@@ -334,11 +353,23 @@ class Connection:
                 else:
                     self._messages.append(bytes(parts[0]) if len(parts) == 1 else b"".join(parts))
         elif opcode is Opcode.PONG:
-            if self._ping_payload is not None and frame.data == self._ping_payload:
+            data = frame.data
+            if self._ping_payload is not None and data == self._ping_payload:
                 self._ping_payload = None
+                self.latency = time.monotonic() - self._ping_sent
                 if self._pong_timer is not None:
                     self._pong_timer.cancel()
                     self._pong_timer = None
+            elif data in self._pings:
+                # As websockets does: a pong answers its ping and every one before it.
+                now = time.monotonic()
+                while self._pings:
+                    payload, ping = next(iter(self._pings.items()))
+                    del self._pings[payload]
+                    ping.latency = now - ping.sent
+                    if payload == data:
+                        self.latency = ping.latency
+                        break
         # PING: the protocol has queued the pong; CLOSE: it has answered it.
 
     # Writing.
@@ -507,14 +538,23 @@ class Connection:
             else:
                 self._write(frame)
 
-    def ping(self, data: bytes | str) -> None:
-        """Send a ping; the pong is taken care of. With the lock held."""
-        if isinstance(data, str):
+    def ping(self, data: bytes | str | None = None) -> Ping:
+        """Send a ping with ``data`` (``None``: 4 random bytes); its :class:`Ping` is
+        answered when the pong comes. With the lock held."""
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif isinstance(data, str):
             data = data.encode()
         if self.protocol.state is not OPEN:
             raise self.closed_error()
+        if data in self._pings:
+            raise WebSocketError("a ping with the same data is already waiting for its pong")
+        ping = self._pings[data] = Ping(data)
         self.protocol.send_ping(data)
         self._flush_protocol()
+        return ping
 
     def begin_close(self, code: int, reason: str, timeout: float | None = None) -> None:
         """Start the closing handshake with ``code``; nothing once closing. With the lock
@@ -567,6 +607,7 @@ class Connection:
                 return
             if self._ping_payload is None:
                 self._ping_payload = os.urandom(4)
+                self._ping_sent = time.monotonic()
                 self.protocol.send_ping(self._ping_payload)
                 self._flush_protocol()
                 if self.options.ping_timeout is not None:
