@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .callbacks import WebSocketHandler
 from .core.options import Options
 from .exceptions import ConnectionClosed, HandshakeError, WebSocketError
 from .flask.blueprints import WebSocketBlueprint
@@ -36,6 +37,7 @@ __all__ = [
     "WebSocketBlueprint",
     "WebSocketClient",
     "WebSocketError",
+    "WebSocketHandler",
     "WebSocketMiddleware",
 ]
 __version__ = "1.0.0.dev0"

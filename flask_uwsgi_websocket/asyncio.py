@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import greenlet
 from flask import json
 
-from . import uwsgi_api
+from . import callbacks, uwsgi_api
 from .client import DEFAULT, Client, receiving
 from .core.connection import Ping
 from .core.framing import Message
@@ -381,9 +381,15 @@ class AsyncioWebSocket(WebSocketExtension):
             )
         uwsgi_api.in_each_worker(_new_worker_loop)
 
+    def callback_handler(self, cls: type) -> Callable[..., Any]:
+        """The handler coroutine function that runs the callback handler class ``cls``."""
+        return callbacks.coroutine(cls)
+
     def check_handler(self, handler: Callable[..., Any]) -> None:
         """Refuse, when it is registered, a handler that is not a coroutine function."""
-        if not inspect.iscoroutinefunction(handler):
+        if isinstance(handler, type):
+            callbacks.check(handler, asynchronous=True)
+        elif not inspect.iscoroutinefunction(handler):
             raise TypeError(
                 f"{getattr(handler, '__name__', handler)} is not a coroutine function: "
                 f"AsyncioWebSocket handlers are written 'async def handler(ws): ...'"

@@ -278,7 +278,22 @@ class BlockingClient(Client):
         """Send a ping (``data``: its payload, 4 random bytes by default); return its
         :class:`Pong`, to wait for the peer's answer (or not)."""
         with self.connection.lock:
-            return Pong(self, self.connection.ping(data))
+            return Pong(self.connection.ping(data), self._wait_until)
+
+    def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``condition()``, ``timeout`` seconds at most; whether it holds.
+        Raises :class:`ConnectionClosed` if the connection closes first."""
+        connection = self.connection
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with connection.lock:
+            while not condition():
+                if connection.closed:
+                    raise connection.closed_error()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wait(remaining)
+            return True
 
     def send_json(self, obj: Any) -> None:
         """Send ``obj`` as JSON in a text message, with the app's JSON provider."""
@@ -352,9 +367,9 @@ class BlockingClient(Client):
 class Pong:
     """The answer to a ping of the plain or gevent flavour, as ``ws.ping()`` returns it."""
 
-    def __init__(self, client: BlockingClient, ping: Ping) -> None:
-        self._client = client
+    def __init__(self, ping: Ping, wait: Callable[[Callable[[], bool], float | None], bool]):
         self._ping = ping
+        self._wait = wait  # the client's: wait until a condition holds
 
     @property
     def latency(self) -> float | None:
@@ -364,14 +379,4 @@ class Pong:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the pong, ``timeout`` seconds at most (``None``: no limit); ``True``
         when it came. Raises :class:`ConnectionClosed` if the connection closes first."""
-        client, connection = self._client, self._client.connection
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with connection.lock:
-            while self._ping.latency is None:
-                if connection.closed:
-                    raise connection.closed_error()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                client._wait(remaining)
-            return True
+        return self._wait(lambda: self._ping.latency is not None, timeout)

@@ -18,7 +18,7 @@ from flask import current_app, has_app_context
 from websockets.frames import Opcode
 from werkzeug.routing import WebsocketMismatch
 
-from .. import uwsgi_api
+from .. import callbacks, uwsgi_api
 from ..broadcast.brokers import Broker, LocalBroker, make_broker
 from ..broadcast.message import Broadcast
 from ..broadcast.registry import Rooms
@@ -191,6 +191,8 @@ class WebSocketExtension:
         Called by the route's view (see ``views``) after the ``101``; returns the
         exception no error handler took.
         """
+        if isinstance(handler, type):
+            handler = self.callback_handler(handler)
         broker = self.broker(app)
         broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
         fd = socket_fd(environ)
@@ -260,7 +262,8 @@ class WebSocketExtension:
         )
 
     def route(self, rule: str, **options: Any) -> Callable[[Handler], Handler]:
-        """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``.
+        """Decorate a handler ``f(ws, **url_variables)`` for the URL rule ``rule``, or a
+        callback handler class (see :class:`~flask_uwsgi_websocket.WebSocketHandler`).
 
         ``options`` are Werkzeug ``Rule`` arguments (``endpoint``, ``defaults``,
         ``strict_slashes``...) and per-route connection options.
@@ -367,9 +370,15 @@ class WebSocketExtension:
                 f"--asyncio N --greenlet); a uWSGI without the engine? {INSTALL_HINT}"
             )
 
+    def callback_handler(self, cls: type) -> Callable[..., Any]:
+        """The handler function that runs the callback handler class ``cls``."""
+        return callbacks.blocking(cls)
+
     def check_handler(self, handler: Callable[..., Any]) -> None:
         """Refuse, when it is registered, a handler this flavour cannot run."""
-        if inspect.iscoroutinefunction(handler):
+        if isinstance(handler, type):
+            callbacks.check(handler, asynchronous=False)
+        elif inspect.iscoroutinefunction(handler):
             raise TypeError(
                 f"{handler.__name__} is a coroutine function: use AsyncioWebSocket "
                 f"for async handlers, or write it with def"
