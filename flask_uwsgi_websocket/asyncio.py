@@ -34,6 +34,7 @@ from .exceptions import ConnectionClosed, WebSocketError
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
 from .flask.serving import ErrorHandlers, outcome_async
+from .metrics import worker_metrics
 from .shutdown import watch_signals
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ class AsyncioWebSocketClient(Client):
         :class:`ConnectionClosed` once the connection is closed and every
         message received before has been returned.
         """
+        if worker_metrics.pushing:
+            worker_metrics.push_if_due()
         connection = self.connection
         if timeout is DEFAULT:
             timeout = self.options.receive_timeout
@@ -198,6 +201,8 @@ class AsyncioWebSocketClient(Client):
         """
         if binary and isinstance(message, str):
             message = message.encode()
+        if worker_metrics.pushing:
+            worker_metrics.push_if_due()
         connection = self.connection
         connection.send(message)
         while connection.backlogged:

@@ -24,6 +24,7 @@ from .core.connection import Connection, Ping
 from .core.framing import Message
 from .exceptions import ConnectionClosed
 from .flask.serving import ErrorHandlers, outcome_sync
+from .metrics import worker_metrics
 from .shutdown import connections
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Client:
         self.id = self.connection.id
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol = self.connection.subprotocol
+        #: The route's URL rule, as the metrics name it (the path until the extension sets it).
+        self.route: str = environ.get("PATH_INFO", "")
         self._registry = rooms  # the app's connections in this process
 
     # Flavour hooks.
@@ -181,6 +184,7 @@ class Client:
         self.connection.start()
         if self._registry is not None:
             self._registry.add(self.connection, self.connection.reactor.call_soon_threadsafe)
+        worker_metrics.opened(self.route, self.connection)
         connections.opened(self)
 
     def _release(self) -> None:
@@ -188,6 +192,7 @@ class Client:
         if self._registry is not None:
             self._registry.remove(self.connection)
         self.connection.release()
+        worker_metrics.closed(self.connection)
         connections.closed(self)
 
 
@@ -211,6 +216,8 @@ class BlockingClient(Client):
         :class:`ConnectionClosed` once the connection is closed and every
         message received before has been returned.
         """
+        if worker_metrics.pushing:
+            worker_metrics.push_if_due()
         connection = self.connection
         if timeout is DEFAULT:
             timeout = self.options.receive_timeout
@@ -239,6 +246,8 @@ class BlockingClient(Client):
         if binary:
             self.send_binary(message)
             return
+        if worker_metrics.pushing:
+            worker_metrics.push_if_due()
         connection = self.connection
         with connection.lock:
             connection.send(message)

@@ -21,6 +21,8 @@ __all__ = [
     "connection_fd",
     "in_each_worker",
     "loop_engine",
+    "metric_add",
+    "metric_declared",
     "option",
     "recycling",
     "router_relays_websockets",
@@ -120,6 +122,16 @@ def recycling() -> bool:
 def watches_recycling() -> bool:
     """Whether this worker may recycle itself (see :func:`recycling`)."""
     return uwsgi is not None and any(option(name) for name in RECYCLING_OPTIONS)
+
+
+def metric_declared(name: str) -> bool:
+    """Whether uWSGI keeps the metric ``name`` (``--enable-metrics --metric name=...``)."""
+    return uwsgi is not None and uwsgi.metric_inc(name, 0) is True
+
+
+def metric_add(name: str, value: int) -> bool:
+    """Add ``value`` (may be negative) to uWSGI's metric ``name``; whether it exists."""
+    return uwsgi is not None and uwsgi.metric_inc(name, value) is True
 
 
 def connection_fd() -> int:

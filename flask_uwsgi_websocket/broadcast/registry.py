@@ -31,8 +31,9 @@ class Member(Protocol):
     #: The connection's identifier, as ``exclude`` names it.
     id: str
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue ``frame``, or close the connection when it is a slow consumer."""
+    def deliver(self, frame: bytes, size: int | None = None) -> None:
+        """Queue ``frame`` (of a ``size``-byte payload), or close the connection when it is
+        a slow consumer."""
 
 
 class Rooms:
@@ -116,7 +117,8 @@ class Rooms:
         if not recipients:
             return
         frame = build_frame(broadcast.opcode, broadcast.payload)
+        size = len(broadcast.payload)
         exclude = broadcast.exclude
         for connection in recipients:
             if not exclude or connection.id not in exclude:
-                connection.deliver(frame)
+                connection.deliver(frame, size)

@@ -152,6 +152,10 @@ class Connection:
         #: Seconds from the last answered ping (the keepalive's or a caller's) to its pong;
         #: 0 until then.
         self.latency = 0.0
+        #: Data messages received and sent, and their payload bytes (uncompressed).
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        #: Whether it was closed as a slow consumer (1013, see :meth:`deliver`).
+        self.slow_consumer = False
         self._keepalive_timer: Timer | None = None
         self._pong_timer: Timer | None = None
         self._close_timer: Timer | None = None
@@ -263,6 +267,7 @@ class Connection:
         pos = 0
         max_size = self._max_size
         messages = self._messages
+        count = size = 0  # of the messages taken on the fast path
         while end - pos >= 2:
             if protocol.state is not OPEN:
                 # Failed or closing: the protocol discards or checks the rest.
@@ -289,6 +294,8 @@ class Connection:
             # ever agreed, would pass it through unchanged.
             if (b0 == 0x81 or b0 == 0x82) and masked and protocol.current_size is None:
                 payload = apply_mask(view[start:stop], view[start - 4 : start])
+                count += 1
+                size += length
                 if b0 == 0x81:
                     try:
                         messages.append(payload.decode())
@@ -307,6 +314,8 @@ class Connection:
                 protocol.receive_data(view[pos:stop])
                 self._after_protocol()
             pos = stop
+        self.messages_in += count
+        self.bytes_in += size
         if pos == end:
             if buf:
                 buf.clear()
@@ -338,6 +347,8 @@ class Connection:
             if opcode is not Opcode.CONT:
                 self._parts = []
                 self._decoder = _utf8_decoder() if opcode is Opcode.TEXT else None
+            self.bytes_in += len(frame.data)
+            self.messages_in += frame.fin
             try:
                 if self._decoder is not None:
                     self._parts.append(self._decoder.decode(frame.data, frame.fin))
@@ -504,6 +515,8 @@ class Connection:
             # A copy: the caller may reuse its buffer once send() returned, and a memoryview's
             # len() counts items, not bytes.
             payload = bytes(payload)
+        self.messages_out += 1
+        self.bytes_out += len(payload)
         if protocol.extensions:
             if opcode == Opcode.TEXT:
                 protocol.send_text(payload)
@@ -524,18 +537,22 @@ class Connection:
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue ``frame``, a whole frame made for many connections (a broadcast), or close
-        with 1013 when output is already waiting and ``frame`` would take it over
-        ``max_send_buffer``. Does nothing once closing; never waits."""
+    def deliver(self, frame: bytes, size: int | None = None) -> None:
+        """Queue ``frame``, a whole frame made for many connections (a broadcast) of a
+        ``size``-byte payload (default: counted whole), or close with 1013 when output is
+        already waiting and ``frame`` would take it over ``max_send_buffer``. Does nothing
+        once closing; never waits."""
         with self.lock:
             if self.protocol.state is not OPEN:
                 return
             limit = self.options.max_send_buffer
             if self._out and self._out_size + len(frame) > limit:
+                self.slow_consumer = True
                 self.begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
                 self._wake()
             else:
+                self.messages_out += 1
+                self.bytes_out += len(frame) if size is None else size
                 self._write(frame)
 
     def ping(self, data: bytes | str | None = None) -> Ping:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
-from flask import current_app, has_app_context
+from flask import current_app, has_app_context, has_request_context, request
 from websockets.frames import Opcode
 from werkzeug.routing import WebsocketMismatch
 
@@ -24,6 +24,7 @@ from ..broadcast.message import Broadcast
 from ..broadcast.registry import Rooms
 from ..core.framing import build_frame
 from ..core.options import Options
+from ..metrics import uwsgi_options, worker_metrics
 from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
 from ..runtimes import socket_fd
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
@@ -56,6 +57,9 @@ CLOSE_1011 = build_frame(Opcode.CLOSE, (1011).to_bytes(2, "big") + b"internal er
 
 class Client(Protocol):
     """A flavour's client class, as the extension makes and runs it."""
+
+    #: The route's URL rule.
+    route: str
 
     def __init__(
         self,
@@ -207,6 +211,8 @@ class WebSocketExtension:
             with contextlib.suppress(OSError):
                 os.write(fd, CLOSE_1011)
             return exc
+        if has_request_context() and request.url_rule is not None:
+            client.route = request.url_rule.rule
         return client.serve(handler, kwargs, self, app)
 
     def test_client(
@@ -244,6 +250,13 @@ class WebSocketExtension:
         extension, or its only one.
         """
         self.broker().publish(Broadcast.of(message, room, exclude))
+        worker_metrics.broadcast()
+
+    def metrics(self) -> dict[str, Any]:
+        """This worker's figures: connections open, opened and closed by close code,
+        messages and bytes in and out, slow consumers, broadcasts; in total and per
+        route (see ``metrics``). uWSGI's metrics have them summed over workers."""
+        return worker_metrics.snapshot()
 
     def _current_app(self) -> Flask:
         if has_app_context():
@@ -397,6 +410,10 @@ class WebSocketExtension:
         app = app or self.app
         if app is None:
             raise RuntimeError("run() needs an app: pass it, or call init_app(app) first")
+        kwargs.setdefault("enable_metrics", True)
+        if kwargs["enable_metrics"]:
+            given = kwargs.get("metric") or []
+            kwargs["metric"] = [*([given] if isinstance(given, str) else given), *uwsgi_options()]
         run_uwsgi(app, self.run_defaults, self.plugins, type(self).__name__, **kwargs)
 
 
