@@ -233,7 +233,6 @@ def uwsgi_options() -> list[str]:
     return [f"name={name},type={kind}" for name, kind in UWSGI_METRICS.items()]
 
 
-if __name__ == "__main__":  # the lines of a uWSGI ini file
-    print("enable-metrics = true")
-    for value in uwsgi_options():
-        print(f"metric = {value}")
+def ini_lines() -> list[str]:
+    """The lines of a uWSGI ini file that keep :data:`UWSGI_METRICS`."""
+    return ["enable-metrics = true", *(f"metric = {value}" for value in uwsgi_options())]

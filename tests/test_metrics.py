@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from websockets.sync.client import connect
 from flask_uwsgi_websocket import AsyncioWebSocket, GeventWebSocket, WebSocket
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 from flask_uwsgi_websocket.live_server import free_port
-from flask_uwsgi_websocket.metrics import PUSH_EVERY, UWSGI_METRICS, uwsgi_options
+from flask_uwsgi_websocket.metrics import PUSH_EVERY, UWSGI_METRICS, ini_lines, uwsgi_options
 from flask_uwsgi_websocket.testing import TestClient
 
 from .helpers import FLAVOUR_ARGS, SOON, UwsgiServer, wait_for
@@ -137,4 +140,19 @@ def test_uwsgi_metrics_summed_over_workers() -> None:
         assert metric("websocket.open") == 0 and metric("websocket.closed") == n
         assert metric("websocket.messages_in") == 2 * n and metric("websocket.bytes_in") == 5 * n
         assert metric("websocket.messages_out") == n
+        assert set(UWSGI_METRICS) <= set(stats(stats_address)["metrics"])
+
+
+def test_the_ini_lines_declare_every_metric(tmp_path: Path) -> None:
+    """``python -m flask_uwsgi_websocket metrics``, as README gives it, in a real uWSGI ini."""
+    lines = subprocess.run(
+        [sys.executable, "-m", "flask_uwsgi_websocket", "metrics"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert lines.splitlines() == ini_lines() and not lines.startswith("Traceback")
+    ini = tmp_path / "uwsgi.ini"
+    stats_address = ("127.0.0.1", free_port())
+    ini.write_text(f"[uwsgi]\n{lines}\nstats = {stats_address[0]}:{stats_address[1]}\n")
+    app = ["--module", "tests.app_shutdown:app", *FLAVOUR_ARGS["gevent"], "--ini", str(ini)]
+    with UwsgiServer(app, mode="http-socket", env={"TEST_FLAVOUR": "gevent"}):
         assert set(UWSGI_METRICS) <= set(stats(stats_address)["metrics"])
