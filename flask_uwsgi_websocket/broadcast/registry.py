@@ -60,6 +60,11 @@ class Rooms:
             if self._call is None:
                 self._call = call
 
+    @property
+    def serving(self) -> bool:
+        """Whether this process serves connections: one has entered already."""
+        return self._call is not None
+
     def remove(self, connection: Member) -> None:
         """Forget ``connection`` and take it out of every room."""
         with self._lock:
