@@ -140,7 +140,7 @@ class WebSocketExtension:
         options = self.options.from_config(app.config)
         url = app.config.get("WEBSOCKET_BROKER_URL", self.broker_url)
         channel = app.config.get("WEBSOCKET_BROKER_CHANNEL")
-        broker = make_broker(url, Rooms(), channel, app.logger)
+        broker = make_broker(url, channel, app.logger)
         app.extensions["uwsgi_websocket"] = self
         self._apps[app] = _AppState(options, broker)
         _warn_about_the_setup(app, broker)
