@@ -13,7 +13,7 @@ in the order they were made (otherwise the exit status is 1). Each worker's Redi
 subscriber counts the pub/sub messages it receives (see bench/rooms_app.py); the table
 gives, per worker, the rooms it has members in, the broadcasts it received during the
 broadcasts (``message``), how many of them had a recipient there (``useful``), and the
-subscription confirmations it received while the connections joined.
+messages and subscription confirmations it received while the connections joined.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ async def run(port: int, args: argparse.Namespace, websocket: Any) -> dict[str, 
                 "useful": useful,
                 "other_during": {k: v for k, v in during.items() if k != "message"},
                 "subscribe_at_join": before.get(pid, Counter())["subscribe"],
+                "message_at_join": before.get(pid, Counter())["message"],
             }
         )
     for member in members:
@@ -161,15 +162,15 @@ def table(result: dict[str, Any]) -> str:
         f"after the first broadcast",
         "",
         "| worker | rooms | messages received | with a recipient there | share useful "
-        "| other pub/sub messages | subscribe confirmations while joining |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| other pub/sub messages | while joining: messages | subscribe confirmations |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for n, w in enumerate(result["workers"], 1):
         share = w["useful"] / w["message"] if w["message"] else 0.0
         other = ", ".join(f"{k} {v}" for k, v in sorted(w["other_during"].items())) or "-"
         rows.append(
             f"| {n} | {w['rooms']:,} | {w['message']:,} | {w['useful']:,} | {share:.0%} "
-            f"| {other} | {w['subscribe_at_join']:,} |"
+            f"| {other} | {w['message_at_join']:,} | {w['subscribe_at_join']:,} |"
         )
     return "\n".join(rows)
 
