@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -182,3 +183,43 @@ def test_a_mule_and_the_spooler_broadcast_and_do_not_subscribe(
         numsub = Redis.from_url(redis.url).pubsub_numsub(channel)
         assert numsub == [(channel.encode(), 1)], server.output()
         member.close()
+
+
+@pytest.mark.parametrize("flavour", ["plain", "gevent", "asyncio"])
+def test_the_test_client_subscribes_once_it_serves(redis: RedisServer, flavour: str) -> None:
+    """Outside uWSGI, a process subscribes at its first connection: the in-process test
+    client, in every flavour, joins through Redis and gets a broadcast made right after."""
+    from flask import Flask
+
+    from flask_uwsgi_websocket import AsyncioWebSocket, GeventWebSocket, WebSocket
+
+    app = Flask(f"test_client_{flavour}")
+    channel = f"tests-test-client-{flavour}"
+    app.config.update(WEBSOCKET_BROKER_URL=redis.url, WEBSOCKET_BROKER_CHANNEL=channel)
+    if flavour == "asyncio":
+        websocket: Any = AsyncioWebSocket(app)
+
+        @websocket.route("/room/<room>")
+        async def member(ws: Any, room: str) -> None:
+            await ws.join(room)
+            websocket.broadcast(f"right after joining {room}", room=room)
+            async for _ in ws:
+                pass
+
+    else:
+        websocket = (WebSocket if flavour == "plain" else GeventWebSocket)(app)
+
+        @websocket.route("/room/<room>")
+        def member(ws: Any, room: str) -> None:
+            ws.join(room)
+            websocket.broadcast(f"right after joining {room}", room=room)
+            for _ in ws:
+                pass
+
+    subscribers = Redis.from_url(redis.url).pubsub_numsub
+    assert subscribers(channel) == [(channel.encode(), 0)]
+    with websocket.test_client().connect("/room/a") as ws:
+        assert ws.receive(timeout=30) == "right after joining a"
+        assert subscribers(channel) == [(channel.encode(), 1)]
+        websocket.broadcast("from the test", room="a")
+        assert ws.receive(timeout=30) == "from the test"
