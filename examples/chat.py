@@ -13,6 +13,10 @@ Several worker processes, or several hosts, share the rooms through Redis::
         --http-websockets --gevent 100 --processes 2 --wsgi-file examples/chat.py --callable app
 
 (``FLASK_WEBSOCKET_BROKER_URL`` works too, like every ``FLASK_WEBSOCKET_*`` setting.)
+With Redis, a command run anywhere speaks in a room::
+
+    WEBSOCKET_BROKER_URL=redis://localhost:6379/0 flask --app examples/chat.py \\
+        announce "Maintenance at noon" --room lobby
 """
 
 import json
@@ -21,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from flask import Flask, redirect, render_template_string, request, url_for
 from werkzeug.wrappers import Response
 
@@ -71,6 +76,14 @@ def say(room: str, name: str, text: str, event: str = "message") -> None:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     message = {"event": event, "name": name, "text": text, "time": now}
     websocket.broadcast(json.dumps(message), room=room)
+
+
+@app.cli.command("announce")
+@click.argument("text")
+@click.option("--room", default="lobby", show_default=True)
+def announce(text: str, room: str) -> None:
+    """Say TEXT in ROOM as "announcement", from outside the server (with Redis)."""
+    say(room, "announcement", clean(text, TEXT_MAX))
 
 
 def json_object(message: str | bytes) -> dict[str, Any]:

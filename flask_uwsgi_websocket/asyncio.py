@@ -26,7 +26,7 @@ import greenlet
 from flask import json
 
 from . import callbacks, uwsgi_api
-from .client import DEFAULT, Client, receiving
+from .client import DEFAULT, Client, joining, receiving
 from .core.connection import Ping
 from .core.framing import Message
 from .core.reactor import Reactor, Timer, call_threadsafe
@@ -217,9 +217,14 @@ class AsyncioWebSocketClient(Client):
     async def join(self, room: str) -> None:
         """Join ``room``: :meth:`AsyncioWebSocket.broadcast` to it reaches this connection.
 
-        The connection leaves every room when its handler ends.
+        A broadcast made after ``join`` has returned reaches it: with a broker between
+        processes, ``join`` may wait for the room's subscription (2 s at most; not while
+        the broker is down). The connection leaves every room when its handler ends.
         """
-        self._join(room)
+        subscribing = self._join(room)
+        if subscribing is not None:
+            for wait in joining(subscribing, self.connection):
+                await self._wait(wait)
 
     async def leave(self, room: str) -> None:
         """Leave ``room``; nothing happens if the connection is not in it."""

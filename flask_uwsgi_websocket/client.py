@@ -7,7 +7,7 @@ is the API of the plain and gevent flavours (``threads``, ``gevent``), whose
 handlers block; the asyncio flavour's client has the same methods as
 coroutines. The one piece of waiting logic with more than a line to it,
 receiving with a deadline, is :func:`receiving`, a generator of how long to
-wait that both faces drive.
+wait that both faces drive; so is joining a room (:func:`joining`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from .shutdown import connections
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .broadcast.registry import Rooms
+    from .broadcast.registry import Rooms, Subscribing
     from .core.handshake import Handshake
     from .core.options import Options
     from .core.reactor import Reactor
 
-__all__ = ["BlockingClient", "Client", "Pong", "receiving"]
+__all__ = ["BlockingClient", "Client", "Pong", "joining", "receiving"]
 
 #: ``receive()``'s timeout when none is given: the ``receive_timeout`` option.
 DEFAULT: Any = object()
@@ -57,6 +57,22 @@ def receiving(connection: Connection, timeout: float) -> Generator[float, None, 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
+        yield remaining
+
+
+def joining(subscribing: Subscribing, connection: Connection) -> Generator[float, None, None]:
+    """Wait for the subscription a join asked for: ``subscribing.timeout`` seconds at most,
+    and not once the connection is closing.
+
+    Yields how long to wait for the next wake-up (``subscribing`` wakes the connection's
+    waiters when done); tells ``subscribing`` when the time ran out.
+    """
+    deadline = time.monotonic() + subscribing.timeout
+    while not subscribing.done and connection.connected:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            subscribing.overdue()
+            return
         yield remaining
 
 
@@ -155,8 +171,21 @@ class Client:
 
     # Shared by the flavours' methods of the same names.
 
-    def _join(self, room: str) -> None:
-        self._registry_or_error().join(self.connection, room)
+    def _join(self, room: str) -> Subscribing | None:
+        """Enter ``room``; what to wait for before a broadcast is sure to come (then
+        :meth:`_wake_soon` is called), or ``None``."""
+        subscribing = self._registry_or_error().join(self.connection, room)
+        if subscribing is not None:
+            subscribing.then(self._wake_soon)
+        return subscribing
+
+    def _wake_soon(self) -> None:
+        """Wake the callers waiting for the connection, from any thread."""
+        self.connection.reactor.call_soon_threadsafe(self._wake_with_lock)
+
+    def _wake_with_lock(self) -> None:
+        with self.connection.lock:
+            self._wake()
 
     def _leave(self, room: str) -> None:
         self._registry_or_error().leave(self.connection, room)
@@ -267,9 +296,15 @@ class BlockingClient(Client):
     def join(self, room: str) -> None:
         """Join ``room``: the extension's ``broadcast`` to it reaches this connection.
 
-        The connection leaves every room when its handler ends.
+        A broadcast made after ``join`` has returned reaches it: with a broker between
+        processes, ``join`` may wait for the room's subscription (2 s at most; not while
+        the broker is down). The connection leaves every room when its handler ends.
         """
-        self._join(room)
+        subscribing = self._join(room)
+        if subscribing is not None:
+            with self.connection.lock:
+                for wait in joining(subscribing, self.connection):
+                    self._wait(wait)
 
     def leave(self, room: str) -> None:
         """Leave ``room``; nothing happens if the connection is not in it."""

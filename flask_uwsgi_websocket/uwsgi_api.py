@@ -150,12 +150,15 @@ _fork_callbacks: list[Callable[[], None]] = []
 
 
 def in_each_worker(callback: Callable[[], None]) -> None:
-    """Call ``callback`` in each uWSGI worker as it starts; outside uWSGI, never.
+    """Call ``callback`` in each uWSGI worker as it starts; in mules, the spooler and
+    outside uWSGI, never.
 
     In a worker (the app loaded after the fork, ``--lazy-apps``) that is now. In
     the master, it is in every worker right after the fork, through one
     ``uwsgi.post_fork_hook`` installed once, which calls any hook set before it
     first, then the callbacks in the order given (each once, however often given).
+    uWSGI calls that hook after forking a mule or the spooler too: there it calls
+    the earlier hook only.
     """
     if uwsgi is None:
         return
@@ -178,7 +181,7 @@ def _nothing() -> None:
 
 
 def _post_fork() -> None:
-    for function in (*_chained, *_fork_callbacks):
+    for function in (*_chained, *(_fork_callbacks if worker_id() > 0 else ())):
         function()
 
 

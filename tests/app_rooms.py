@@ -7,8 +7,10 @@ A client of ``/rooms`` gets ``{"id", "pid"}`` first, then sends JSON commands:
 ``{"echo": x}`` (answered ``{"echo": x}``). Every answer has the key
 ``"reply"``; anything else a client receives is a broadcast. HTTP views broadcast
 from a request (``/broadcast``), from a thread of their own (``/broadcast-thread``),
-and many at once (``/flood``). The broker is in-process unless
-``FLASK_WEBSOCKET_BROKER_URL`` is set.
+and many at once (``/flood``); so does the command ``flask --app tests.app_rooms flood``
+and the script ``tests/flood.py``, from processes that serve no connection, and under
+uWSGI a mule (``/mule``, with ``--mule``) and the spooler (``/spool``, with
+``--spooler``). The broker is in-process unless ``FLASK_WEBSOCKET_BROKER_URL`` is set.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import os
 import threading
 from typing import Any
 
+import click
 from flask import Flask, request
+
+try:
+    import uwsgi
+except ImportError:  # a script, a flask command
+    uwsgi = None
 
 FLAVOUR = os.environ.get("TEST_FLAVOUR", "plain")
 
@@ -131,6 +139,55 @@ def flood() -> str:
     for n in range(count):
         websocket.broadcast(bytes(size) if size else f"{prefix}-{n}", room)
     return "sent"
+
+
+def flood_messages(room: str | None, count: int, prefix: str, every: int) -> None:
+    """``prefix-0`` ... to ``room``, then ``prefix-end`` to every connection of the app;
+    with ``every``, each ``every``-th of them goes to every connection instead."""
+    for n in range(count):
+        to_everyone = every and (n + 1) % every == 0
+        websocket.broadcast(f"{prefix}-{n}", None if to_everyone else room)
+    websocket.broadcast(f"{prefix}-end")
+
+
+@app.cli.command("flood")
+@click.argument("room")
+@click.argument("count", type=int)
+@click.option("--prefix", default="cli")
+@click.option("--every", type=int, default=0, help="each n-th to every connection")
+def flood_command(room: str, count: int, prefix: str, every: int) -> None:
+    """Broadcast COUNT messages to ROOM (flushed as the command exits)."""
+    flood_messages(room, count, prefix, every)
+
+
+@app.route("/mule")
+def to_a_mule() -> str:
+    """Have mule 1 broadcast ``message`` to ``room``."""
+    message, room, _ = broadcast_args()
+    uwsgi.mule_msg(json.dumps([message, room]).encode(), 1)
+    return "sent"
+
+
+@app.route("/spool")
+def to_the_spooler() -> str:
+    """Have the spooler broadcast ``message`` to ``room``."""
+    message, room, _ = broadcast_args()
+    uwsgi.spool({b"broadcast": json.dumps([message, room]).encode()})
+    return "sent"
+
+
+def from_a_mule(data: bytes) -> None:
+    websocket.broadcast(*json.loads(data))
+
+
+def from_the_spooler(job: dict[bytes, bytes]) -> int:
+    websocket.broadcast(*json.loads(job[b"broadcast"]))
+    return int(uwsgi.SPOOL_OK)
+
+
+if uwsgi is not None:
+    uwsgi.mule_msg_hook = from_a_mule
+    uwsgi.spooler = from_the_spooler
 
 
 @app.route("/count")

@@ -2,6 +2,8 @@
 
 - :class:`ServerProcess`, :class:`UwsgiServer`, :class:`AppServer`: real uWSGI processes
   on free loopback ports (``tests/app.py`` in each flavour for :class:`AppServer`).
+- :class:`RoomsServer` and :class:`Member`: ``tests/app_rooms.py`` under uWSGI, and a
+  client of its ``/rooms``.
 - :class:`RedisServer`: a real ``redis-server``.
 - :class:`NginxServer` and :func:`tls_certificate`: Debian's ``nginx`` in front of them,
   with TLS from a certificate made at test time.
@@ -25,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from flask_uwsgi_websocket import ConnectionClosed
 from flask_uwsgi_websocket.core.handshake import accept_key
@@ -187,6 +191,68 @@ class AppServer(UwsgiServer):
         """What the app's handlers recorded (see ``tests/app.py``)."""
         found: list[dict[str, Any]] = self.http("/events")
         return [e for e in found if route is None or e.get("route") == route]
+
+
+class RoomsServer(UwsgiServer):
+    """``tests/app_rooms.py`` under uWSGI."""
+
+    def __init__(
+        self,
+        flavour: str,
+        broker: str | None = None,
+        channel: str = "tests",
+        extra_args: tuple[str, ...] = (),
+        mode: str = "http",
+    ) -> None:
+        env = {"TEST_FLAVOUR": flavour}
+        if broker is not None:
+            env["FLASK_WEBSOCKET_BROKER_URL"] = broker
+            env["FLASK_WEBSOCKET_BROKER_CHANNEL"] = channel
+        super().__init__(
+            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env
+        )
+
+    def http(self, path: str, **query: Any) -> str:
+        """The body of ``GET path?query``."""
+        url = f"http://{self.address}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query, doseq=True)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+
+class Member:
+    """A ``websockets`` client of ``/rooms``."""
+
+    def __init__(self, server: RoomsServer, path: str = "/rooms", **options: Any) -> None:
+        self.ws: ClientConnection = connect(
+            f"{server.url}{path}", open_timeout=10, **options
+        ).__enter__()  # closed by close()
+        hello = json.loads(self.recv())
+        self.id: str = hello["id"]
+        self.pid: int = hello["pid"]
+
+    def command(self, **command: Any) -> None:
+        self.ws.send(json.dumps(command))
+
+    def rooms_after(self, **command: Any) -> list[str]:
+        """Send a join/leave command; the rooms it answers."""
+        self.command(**command)
+        reply = json.loads(self.recv())
+        assert reply["reply"] == "rooms", reply
+        rooms: list[str] = reply["rooms"]
+        return rooms
+
+    def join(self, *rooms: str) -> None:
+        for room in rooms:
+            assert room in self.rooms_after(join=room)
+
+    def recv(self, timeout: float = 10) -> Any:
+        return self.ws.recv(timeout=timeout)
+
+    def close(self) -> None:
+        self.ws.close()
 
 
 def redis_binary() -> str:

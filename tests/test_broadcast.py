@@ -9,93 +9,30 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis import Redis
 from websockets.frames import Opcode
-from websockets.sync.client import ClientConnection, connect
 
 from flask_uwsgi_websocket.broadcast.message import Broadcast
 
 from .helpers import (
     CLOSE,
-    FLAVOUR_ARGS,
     TEXT,
+    Member,
     RawClient,
     RedisServer,
-    UwsgiServer,
+    RoomsServer,
     frame,
     free_port,
     wait_for,
 )
 
 FLAVOURS = ("plain", "gevent", "asyncio")
-
-
-class RoomsServer(UwsgiServer):
-    """``tests/app_rooms.py`` under uWSGI."""
-
-    def __init__(
-        self,
-        flavour: str,
-        broker: str | None = None,
-        channel: str = "tests",
-        extra_args: tuple[str, ...] = (),
-        mode: str = "http",
-    ) -> None:
-        env = {"TEST_FLAVOUR": flavour}
-        if broker is not None:
-            env["FLASK_WEBSOCKET_BROKER_URL"] = broker
-            env["FLASK_WEBSOCKET_BROKER_CHANNEL"] = channel
-        super().__init__(
-            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env
-        )
-
-    def http(self, path: str, **query: Any) -> str:
-        """The body of ``GET path?query``."""
-        url = f"http://{self.address}{path}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query, doseq=True)
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body: bytes = response.read()
-        return body.decode()
-
-
-class Member:
-    """A ``websockets`` client of ``/rooms``."""
-
-    def __init__(self, server: RoomsServer, path: str = "/rooms", **options: Any) -> None:
-        self.ws: ClientConnection = connect(
-            f"{server.url}{path}", open_timeout=10, **options
-        ).__enter__()  # closed by close()
-        hello = json.loads(self.recv())
-        self.id: str = hello["id"]
-        self.pid: int = hello["pid"]
-
-    def command(self, **command: Any) -> None:
-        self.ws.send(json.dumps(command))
-
-    def rooms_after(self, **command: Any) -> list[str]:
-        """Send a join/leave command; the rooms it answers."""
-        self.command(**command)
-        reply = json.loads(self.recv())
-        assert reply["reply"] == "rooms", reply
-        rooms: list[str] = reply["rooms"]
-        return rooms
-
-    def join(self, *rooms: str) -> None:
-        for room in rooms:
-            assert room in self.rooms_after(join=room)
-
-    def recv(self, timeout: float = 10) -> Any:
-        return self.ws.recv(timeout=timeout)
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +95,15 @@ def test_exclude_the_sender_and_by_id(server: RoomsServer, members: list[Member]
     server.http("/broadcast", message="marker", room="ex")
     assert a.recv() == "not to b or c"
     assert a.recv() == b.recv() == c.recv() == "marker"
+
+
+def test_a_broadcast_right_after_join_reaches_the_member(members: list[Member]) -> None:
+    """Joined and broadcast in one command: with Redis, the room is new to the worker,
+    and the broadcast reaches the member only if ``join`` waited for its subscription."""
+    a = members[0]
+    for n in range(20):
+        a.command(join=f"fresh-{n}", broadcast=f"first-{n}", room=f"fresh-{n}")
+        assert a.recv() == f"first-{n}"
 
 
 def test_text_stays_text_and_binary_binary(members: list[Member]) -> None:
@@ -322,6 +268,38 @@ def test_two_instances_of_two_workers_lose_nothing(redis: RedisServer) -> None:
             assert "unreachable" not in instance.output()
 
 
+def test_a_worker_subscribes_to_the_rooms_of_its_members(redis: RedisServer) -> None:
+    """One subscription per room a worker has members in, gone with its last member;
+    a room left and joined again at once is subscribed all the same."""
+    channel = "tests-subscriptions"
+    client = Redis.from_url(redis.url)
+
+    def subscribers(*rooms: str) -> list[int]:
+        return [n for _, n in client.pubsub_numsub(*(f"{channel}:room:{r}" for r in rooms))]
+
+    with RoomsServer("gevent", redis.url, channel, ("--processes", "1")) as server:
+        a, b = Member(server), Member(server)
+        a.join("x", "y")
+        b.join("x")
+        assert subscribers("x", "y", "never") == [1, 1, 0]
+        assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+        assert len(client.pubsub_channels(f"{channel}:wake:*")) == 1
+        a.rooms_after(leave="y")
+        wait_for(lambda: subscribers("y") == [0])
+        a.close()
+        wait_for(lambda: server.http("/count", room="x") == "1", timeout=15)
+        assert subscribers("x") == [1]  # b is still in it
+        for n in range(10):  # left and joined again before the worker's subscriber acts
+            b.command(leave="x")
+            b.command(join="x", broadcast=f"again-{n}", room="x")
+            assert json.loads(b.recv())["rooms"] == []
+            assert b.recv() == f"again-{n}"
+        b.rooms_after(leave="x")
+        wait_for(lambda: subscribers("x") == [0])
+        b.close()
+        assert "unreachable" not in server.output()
+
+
 def test_redis_killed_and_restarted(redis: RedisServer) -> None:
     """The app serves its connections through the outage, logs it once, and delivery
     resumes when Redis is back."""
@@ -340,12 +318,16 @@ def test_redis_killed_and_restarted(redis: RedisServer) -> None:
                 server.http("/broadcast", message=f"lost-{n}", room="r")
             a.command(echo="served while Redis is down")
             assert json.loads(a.recv())["echo"] == "served while Redis is down"
+            b.join("joined-while-down")  # does not wait for Redis
             outage.start()
             wait_for_delivery(server, a)
             server.http("/flood", count=100, prefix="after", room="r")
             for member in (a, b):
                 received = [recv_no_probe(member) for _ in range(100)]
                 assert received == [f"after-{n}" for n in range(100)]
+            # Subscribed again with r, in the same command.
+            server.http("/broadcast", message="to the new room", room="joined-while-down")
+            assert recv_no_probe(b) == "to the new room"
             log = server.output()
             assert log.count("is unreachable") == 1, log
             assert log.count("is back after") == 1, log
@@ -355,6 +337,34 @@ def test_redis_killed_and_restarted(redis: RedisServer) -> None:
             b.close()
     finally:
         outage.stop()
+
+
+def test_joins_wait_little_for_a_redis_that_does_not_answer() -> None:
+    """Redis stopped (SIGSTOP: connections open, no answer): the first join waits for its
+    subscription 2 s at most, the next ones not at all, and the stall is logged once;
+    when Redis answers again the subscriptions are made and the rooms get broadcasts."""
+    silent = RedisServer()
+    silent.start()
+    assert silent.process is not None
+    try:
+        with RoomsServer("gevent", silent.url, "tests-silent") as server:
+            a = Member(server)
+            a.join("before")
+            silent.process.send_signal(signal.SIGSTOP)
+            try:
+                a.join("stalled-1")  # answered within Member.recv's 10 s: join returned
+                a.join("stalled-2", "stalled-3")
+                wait_for(lambda: "was not confirmed within 2.0 s" in server.output())
+            finally:
+                silent.process.send_signal(signal.SIGCONT)
+            wait_for(lambda: "subscriptions are confirmed again" in server.output(), timeout=30)
+            for room in ("before", "stalled-1", "stalled-2", "stalled-3"):
+                server.http("/broadcast", message=f"to {room}", room=room)
+                assert a.recv(timeout=30) == f"to {room}"
+            assert server.output().count("was not confirmed within") == 1
+            a.close()
+    finally:
+        silent.stop()
 
 
 def test_redis_down_at_start_up() -> None:

@@ -1,5 +1,6 @@
 """``examples/chat.py`` served by real uWSGI: one worker with the in-process broker, and two
-uWSGI instances of two workers each sharing a real redis-server; also run as a script."""
+uWSGI instances of two workers each sharing a real redis-server, where its ``flask
+announce`` command speaks in a room; also run as a script."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import contextlib
 import json
 import re
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -192,6 +195,19 @@ def test_two_instances_of_two_workers_share_redis() -> None:
         for server in (one, two):
             check_page(server.address)
         converse([one.address, two.address], two.address, own_join_first=False)
+        # The example's flask command speaks in a room, from a process of its own.
+        listeners = [Chatter(stack, server.address, "lobby", "eve") for server in (one, two)]
+        for listener in listeners:
+            listener.expect("join", "eve", "joined", timeout=30)
+        flask = str(Path(sys.executable).parent / "flask")
+        announce = [flask, "--app", str(CHAT), "announce", "Maintenance at noon"]
+        done = subprocess.run(
+            announce, cwd=ROOT, env=child_env(WEBSOCKET_BROKER_URL=redis.url),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 and not done.stderr, done.stdout + done.stderr
+        for listener in listeners:
+            listener.expect("message", "announcement", "Maintenance at noon")
         for server in (one, two):
             assert server.stop() == 0
             assert "Traceback" not in server.output()

@@ -11,6 +11,11 @@ Uncompressed on purpose, also on connections that agreed permessage-deflate:
 RFC 7692 lets each message be compressed or not (the RSV1 bit), and a frame
 compressed once could not be shared, since each connection's compressor keeps
 its own context.
+
+A broker between processes receives only the broadcasts of the rooms this
+process has members in (and those to every connection): the registry tells its
+:class:`Subscriptions` when a room gains its first member here and loses its last,
+and a joining connection may wait for the subscription (:class:`Subscribing`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Protocol
 from ..core.framing import build_frame
 from .message import Broadcast, check_room
 
-__all__ = ["Member", "Rooms"]
+__all__ = ["Member", "Rooms", "Subscribing", "Subscriptions"]
 
 
 class Member(Protocol):
@@ -36,15 +41,45 @@ class Member(Protocol):
         a slow consumer."""
 
 
+class Subscribing(Protocol):
+    """A room's subscription on its way: what a joining connection waits for, until it is
+    :attr:`done` or :attr:`timeout` seconds have passed."""
+
+    #: Whether the wait is over: subscribed, or it cannot be now (the broker is down).
+    done: bool
+    #: Seconds a connection waits at most.
+    timeout: float
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once done, from any thread; now if it is."""
+
+    def overdue(self) -> None:
+        """Say that a connection stopped waiting at the timeout."""
+
+
+class Subscriptions(Protocol):
+    """Where a process receives the broadcasts of the rooms it has members in: a broker."""
+
+    def subscribe(self, room: str) -> Subscribing | None:
+        """A connection of this process joins ``room``: receive its broadcasts. What it
+        may wait for, or ``None`` when there is nothing to wait for."""
+
+    def unsubscribe(self, room: str) -> None:
+        """No connection of this process is in ``room`` any longer."""
+
+
 class Rooms:
     """The connections of one app in this process, and the rooms they joined.
 
     Connections enter when their handler starts and leave, with all their rooms,
     when it ends. Safe to use from any thread; :meth:`deliver` hands the work to
     the thread that runs the connections (the gevent hub, the asyncio loop).
+    ``subscriptions`` is told of the rooms that gain their first member here and
+    lose their last (called with the registry's lock held, so in that order).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, subscriptions: Subscriptions | None = None) -> None:
+        self._subscriptions = subscriptions
         self._lock = threading.Lock()
         self._all: set[Member] = set()
         self._rooms: dict[str, set[Member]] = {}
@@ -61,6 +96,11 @@ class Rooms:
             if self._call is None:
                 self._call = call
 
+    @property
+    def serving(self) -> bool:
+        """Whether this process serves connections: one has entered already."""
+        return self._call is not None
+
     def remove(self, connection: Member) -> None:
         """Forget ``connection`` and take it out of every room."""
         with self._lock:
@@ -73,13 +113,18 @@ class Rooms:
         """The rooms ``connection`` is in."""
         return self._joined.get(connection, frozenset())
 
-    def join(self, connection: Member, room: str) -> None:
-        """Put ``connection`` in ``room``."""
+    def join(self, connection: Member, room: str) -> Subscribing | None:
+        """Put ``connection`` in ``room``; what it may wait for before a broadcast made
+        from now on is sure to reach it (see :class:`Subscribing`), or ``None``."""
         check_room(room)
         with self._lock:
-            if connection in self._all:
-                self._rooms.setdefault(room, set()).add(connection)
-                self._joined[connection] = self._joined.get(connection, frozenset()) | {room}
+            if connection not in self._all:
+                return None
+            self._rooms.setdefault(room, set()).add(connection)
+            self._joined[connection] = self._joined.get(connection, frozenset()) | {room}
+            if self._subscriptions is None:
+                return None
+            return self._subscriptions.subscribe(room)
 
     def leave(self, connection: Member, room: str) -> None:
         """Take ``connection`` out of ``room``; nothing happens if it is not in."""
@@ -94,6 +139,8 @@ class Rooms:
             members.discard(connection)
             if not members:
                 del self._rooms[room]
+                if self._subscriptions is not None:
+                    self._subscriptions.unsubscribe(room)
         joined = self._joined.get(connection)
         if joined is not None and room in joined:
             self._joined[connection] = joined - {room}

@@ -19,7 +19,7 @@ from websockets.frames import Opcode
 from werkzeug.routing import WebsocketMismatch
 
 from .. import callbacks, uwsgi_api
-from ..broadcast.brokers import Broker, LocalBroker, make_broker
+from ..broadcast.brokers import EXIT_TIMEOUT, Broker, LocalBroker, make_broker
 from ..broadcast.message import Broadcast
 from ..broadcast.registry import Rooms
 from ..core.framing import build_frame
@@ -149,7 +149,7 @@ class WebSocketExtension:
         options = self.options.from_config(app.config)
         url = app.config.get("WEBSOCKET_BROKER_URL", self.broker_url)
         channel = app.config.get("WEBSOCKET_BROKER_CHANNEL")
-        broker = make_broker(url, Rooms(), channel, app.logger)
+        broker = make_broker(url, channel, app.logger)
         app.extensions["uwsgi_websocket"] = self
         self._apps[app] = _AppState(options, broker)
         _warn_about_the_setup(app, broker)
@@ -246,8 +246,10 @@ class WebSocketExtension:
         queues the message, and one holding more than ``max_send_buffer``
         unsent bytes is closed with 1013 instead. Which connections it reaches
         is the broker's matter: this process's, or every process's on the same
-        Redis. Outside an app context, the app is the one given to the
-        extension, or its only one.
+        Redis, from any process that creates the app with that broker (a
+        Celery worker, a ``flask`` command, a script; see :meth:`flush`).
+        Outside an app context, the app is the one given to the extension, or
+        its only one.
         """
         self.broker().publish(Broadcast.of(message, room, exclude))
         worker_metrics.broadcast()
@@ -257,6 +259,19 @@ class WebSocketExtension:
         messages and bytes in and out, slow consumers, broadcasts; in total and per
         route (see ``metrics``). uWSGI's metrics have them summed over workers."""
         return worker_metrics.snapshot()
+
+    def flush(self, timeout: float | None = EXIT_TIMEOUT) -> bool:
+        """Wait until the broadcasts this process has made have left it: published to
+        Redis, or dropped (and logged). ``timeout`` seconds at most; ``None``: no limit.
+
+        ``True`` when every broadcast made since the previous ``flush`` was
+        published; ``False`` when some were dropped or time ran out first. A
+        process that exits does this by itself (``EXIT_TIMEOUT``, 5 s at most);
+        call it to know, or before an exit that skips ``atexit`` (``os._exit``).
+        Blocks the calling thread (a coroutine: ``await asyncio.to_thread(
+        websocket.flush)``). With the in-process broker, ``True`` at once.
+        """
+        return self.broker().flush(timeout)
 
     def _current_app(self) -> Flask:
         if has_app_context():
