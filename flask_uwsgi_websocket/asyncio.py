@@ -19,14 +19,21 @@ import asyncio
 import inspect
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+)
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import greenlet
 from flask import json
 
 from . import callbacks, uwsgi_api
-from .client import DEFAULT, Client, joining, receiving
+from .client import DEFAULT, Client, Fragmenter, FrameToSend, joining, receiving
 from .core.connection import Ping
 from .core.framing import Message
 from .core.reactor import Reactor, Timer, call_threadsafe
@@ -178,6 +185,25 @@ class AsyncioWebSocketClient(Client):
 
     recv = a_recv = receive
 
+    async def receive_streaming(self) -> AsyncIterator[Message]:
+        """The next message, piece by piece as its frames arrive (``async for``); see
+        :meth:`~flask_uwsgi_websocket.WebSocketClient.receive_streaming`."""
+        connection = self.connection
+        connection.streaming = True
+        try:
+            while True:
+                while (got := connection.next_fragment()) is None:
+                    await self._wait(None)
+                piece, final = got
+                yield piece
+                if final:
+                    return
+        finally:
+            connection.streaming = False
+            connection.resume_reading()
+
+    recv_streaming = receive_streaming
+
     def send_nb(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
         """Send ``message`` without waiting for the peer to read.
 
@@ -192,21 +218,63 @@ class AsyncioWebSocketClient(Client):
             message = message.encode()
         connection.send(message)
 
-    async def send(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
-        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
+    async def send(
+        self,
+        message: Message | bytearray | memoryview | Iterable[Message] | AsyncIterable[Message],
+        binary: bool = False,
+    ) -> None:
+        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame; an
+        iterable or async iterable of ``str`` (or of bytes-like) as one fragmented message,
+        a frame per item, without holding it whole.
 
-        Waits while more than ``write_limit`` bytes are waiting to be sent.
-        Raises :class:`ConnectionClosed` once the closing handshake has begun.
-        ``binary=True`` sends a ``str`` as binary, encoded in UTF-8.
+        Waits while more than ``write_limit`` bytes are waiting to be sent, and while
+        another fragmented message is being sent. Raises :class:`ConnectionClosed` once
+        the closing handshake has begun. ``binary=True`` sends a ``str`` as binary,
+        encoded in UTF-8. An iterable that raises closes the connection with 1011.
         """
         if binary and isinstance(message, str):
             message = message.encode()
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            await self._send_fragments(message)
+            return
         if worker_metrics.pushing:
             worker_metrics.push_if_due()
         connection = self.connection
+        while connection.fragmenting:
+            await self._wait(None)
         connection.send(message)
         while connection.backlogged:
             await self._wait(None)
+
+    async def _send_fragments(self, message: Iterable[Message] | AsyncIterable[Message]) -> None:
+        connection = self.connection
+        fragmenter = Fragmenter(message)
+        started = False
+
+        async def send(frame: FrameToSend) -> None:
+            nonlocal started
+            while not started and connection.fragmenting:
+                await self._wait(None)  # another fragmented message is going out
+            connection.send_fragment(*frame)
+            started = True
+            while connection.backlogged:
+                await self._wait(None)
+
+        try:
+            if isinstance(message, AsyncIterable):
+                async for item in message:
+                    await send(fragmenter.frame(item))
+            else:
+                for item in message:
+                    await send(fragmenter.frame(item))
+            last = fragmenter.end()
+            if last is not None:
+                await send(last)
+        except BaseException as exc:
+            if started and connection.fragmenting and not isinstance(exc, ConnectionClosed):
+                connection.fail(1011, "error in a fragmented message")  # it cannot be finished
+                self._wake()
+            raise
 
     a_send = send
 

@@ -13,7 +13,7 @@ wait that both faces drive; so is joining a room (:func:`joining`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask import json
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .core.options import Options
     from .core.reactor import Reactor
 
-__all__ = ["BlockingClient", "Client", "Pong", "joining", "receiving"]
+__all__ = ["BlockingClient", "Client", "Fragmenter", "Pong", "fragments", "joining", "receiving"]
 
 #: ``receive()``'s timeout when none is given: the ``receive_timeout`` option.
 DEFAULT: Any = object()
@@ -74,6 +74,50 @@ def joining(subscribing: Subscribing, connection: Connection) -> Generator[float
             subscribing.overdue()
             return
         yield remaining
+
+
+#: A frame to send: ``(opcode, payload, fin)``.
+FrameToSend = tuple[int, bytes, bool]
+
+
+class Fragmenter:
+    """The frames of a message sent as an iterable, item by item: every item a ``str``
+    (text) or every item bytes-like (binary); an empty last frame ends it, and an empty
+    iterable sends nothing. Both faces of ``send`` (sync and async) use it."""
+
+    def __init__(self, message: object) -> None:
+        if isinstance(message, Mapping):
+            raise TypeError("a dict is not a message: send its JSON (send_json)")
+        self._opcode = 0
+
+    def frame(self, item: object) -> FrameToSend:
+        """The frame of the next item."""
+        if isinstance(item, str):
+            kind, payload = Opcode.TEXT, item.encode()
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            kind, payload = Opcode.BINARY, bytes(item)
+        else:
+            raise TypeError(f"a fragment is str or bytes-like, not {type(item).__name__}")
+        if self._opcode == 0:
+            self._opcode = kind
+            return kind, payload, False
+        if kind != self._opcode:
+            raise TypeError("the fragments of a message are all str or all bytes-like")
+        return Opcode.CONT, payload, False
+
+    def end(self) -> FrameToSend | None:
+        """The last frame, once the items are done; ``None`` when there were none."""
+        return (Opcode.CONT, b"", True) if self._opcode else None
+
+
+def fragments(message: Iterable[Any]) -> Iterator[FrameToSend]:
+    """The frames of ``message``, an iterable (see :class:`Fragmenter`)."""
+    fragmenter = Fragmenter(message)
+    for item in message:
+        yield fragmenter.frame(item)
+    last = fragmenter.end()
+    if last is not None:
+        yield last
 
 
 class Client:
@@ -265,23 +309,78 @@ class BlockingClient(Client):
 
     recv = receive
 
-    def send(self, message: Message | bytearray | memoryview, binary: bool = False) -> None:
-        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
+    def receive_streaming(self) -> Iterator[Message]:
+        """The next message, piece by piece as its frames arrive: ``str`` pieces for
+        text (UTF-8 checked as they come), ``bytes`` for binary; a message that arrived
+        whole comes as one piece. Reading waits while 64 KiB of it wait to be taken, so a
+        message of any size (up to ``max_message_size``) takes bounded memory. Raises
+        :class:`ConnectionClosed` if the connection closes first. Take the whole message
+        before receiving another."""
+        connection = self.connection
+        with connection.lock:
+            connection.streaming = True
+        try:
+            while True:
+                with connection.lock:
+                    while (got := connection.next_fragment()) is None:
+                        self._wait(None)
+                piece, final = got
+                yield piece
+                if final:
+                    return
+        finally:
+            with connection.lock:
+                connection.streaming = False
+                connection.resume_reading()
 
-        Waits while more than ``write_limit`` bytes are waiting to be sent.
-        Raises :class:`ConnectionClosed` once the closing handshake has begun.
-        ``binary=True`` (0.6.1) sends a ``str`` as binary, encoded in UTF-8.
+    recv_streaming = receive_streaming
+
+    def send(
+        self, message: Message | bytearray | memoryview | Iterable[Message], binary: bool = False
+    ) -> None:
+        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame; an
+        iterable of ``str`` (or of bytes-like) as one fragmented message, a frame per item,
+        without holding it whole.
+
+        Waits while more than ``write_limit`` bytes are waiting to be sent, and while
+        another fragmented message is being sent. Raises :class:`ConnectionClosed` once the
+        closing handshake has begun. ``binary=True`` (0.6.1) sends a ``str`` as binary,
+        encoded in UTF-8. An iterable that raises closes the connection with 1011.
         """
         if binary:
-            self.send_binary(message)
+            self.send_binary(message)  # type: ignore[arg-type]
+            return
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            self._send_fragments(fragments(message))
             return
         if worker_metrics.pushing:
             worker_metrics.push_if_due()
         connection = self.connection
         with connection.lock:
+            while connection.fragmenting:
+                self._wait(None)
             connection.send(message)
             while connection.backlogged:
                 self._wait(None)
+
+    def _send_fragments(self, pieces: Iterator[FrameToSend]) -> None:
+        connection = self.connection
+        started = False
+        try:
+            for opcode, payload, fin in pieces:
+                with connection.lock:
+                    while not started and connection.fragmenting:
+                        self._wait(None)  # another fragmented message is going out
+                    connection.send_fragment(opcode, payload, fin)
+                    started = True
+                    while connection.backlogged:
+                        self._wait(None)
+        except BaseException as exc:
+            if started and connection.fragmenting and not isinstance(exc, ConnectionClosed):
+                with connection.lock:  # the message cannot be finished
+                    connection.fail(1011, "error in a fragmented message")
+                    self._wake()
+            raise
 
     def send_binary(self, data: Message | bytearray | memoryview) -> None:
         """Send ``data`` as a binary frame; a ``str`` is encoded in UTF-8."""
@@ -289,6 +388,8 @@ class BlockingClient(Client):
             data = data.encode()
         connection = self.connection
         with connection.lock:
+            while connection.fragmenting:
+                self._wait(None)
             connection.send_frame(Opcode.BINARY, data)
             while connection.backlogged:
                 self._wait(None)

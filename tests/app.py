@@ -113,6 +113,14 @@ def raises(ws: WebSocketClient) -> None:
     raise RuntimeError("boom from the handler")
 
 
+@websocket.route("/stream-echo", max_message_size=2**28)
+@websocket.route("/stream-echo-deflate", max_message_size=2**28, compression="deflate")
+def stream_echo(ws: WebSocketClient) -> None:
+    """Each message back as it streams in, piece by piece: bounded memory at any size."""
+    while True:
+        ws.send(ws.receive_streaming())
+
+
 @websocket.route("/small", max_message_size=1024)
 @websocket.route("/uncompressed", compression=None)
 @websocket.route("/deflate-tuned", compression=TUNED_DEFLATE)

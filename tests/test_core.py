@@ -26,7 +26,7 @@ from websockets.headers import build_extension, parse_extension
 from websockets.protocol import CLIENT, Protocol
 
 from flask_uwsgi_websocket.core import connection as connection_module
-from flask_uwsgi_websocket.core.connection import LINGER, Connection
+from flask_uwsgi_websocket.core.connection import LINGER, STREAM_BUFFER, Connection
 from flask_uwsgi_websocket.core.framing import build_frame
 from flask_uwsgi_websocket.core.handshake import Handshake, negotiate
 from flask_uwsgi_websocket.core.options import Options
@@ -837,6 +837,67 @@ def test_the_keepalive_measures_latency(make: Callable[..., Harness]) -> None:
     answer_pings(h)
     h.run_until(lambda: h.connection.latency > 0)
     assert h.connection.latency < 0.5
+
+
+# Streaming.
+
+
+def take_fragment(h: Harness) -> tuple[str | bytes, bool]:
+    def got() -> tuple[str | bytes, bool] | None:
+        with h.lock:
+            return h.connection.next_fragment()
+
+    return h.run_until(got)
+
+
+def test_streaming_gives_pieces_as_frames_arrive_and_characters_whole(
+    make: Callable[..., Harness],
+) -> None:
+    h = make()
+    h.connection.streaming = True
+    h.peer.send(frame(TEXT, b"h\xc3", fin=False))  # "é" split between two frames
+    assert take_fragment(h) == ("h", False)
+    h.peer.send(frame(CONT, b"\xa9llo", fin=False))
+    assert take_fragment(h) == ("éllo", False)
+    h.peer.send(frame(CONT, b"!") + frame(TEXT, b"whole"))
+    assert take_fragment(h) == ("!", True)
+    assert take_fragment(h) == ("whole", True)  # a message that came whole, whole
+
+
+def test_streaming_reads_a_part_at_a_time(make: Callable[..., Harness]) -> None:
+    h = make(max_message_size=None)
+    h.connection.streaming = True
+    size = 16000
+    frames = [frame(BINARY, b"a" * size, fin=False)]
+    frames += [frame(CONT, bytes([98 + i]) * size, fin=False) for i in range(8)]
+    frames.append(frame(CONT, b"", fin=True))
+    h.peer.send(b"".join(frames))  # 144 kB, all in the socket at once (it holds more)
+    h.run_until(lambda: not h.reactor.reading)
+    received: list[bytes] = []
+    final = False
+    while not final:
+        piece, final = take_fragment(h)
+        assert isinstance(piece, bytes)
+        assert len(piece) <= STREAM_BUFFER + size  # never the whole message at once
+        received.append(piece)
+    assert b"".join(received) == b"a" * size + b"".join(bytes([98 + i]) * size for i in range(8))
+    assert len(received) >= 3
+
+
+def test_fragments_are_sent_and_broadcasts_wait_for_the_last(make: Callable[..., Harness]) -> None:
+    h = make(compression=None)
+    with h.lock:
+        h.connection.send_fragment(TEXT, b"a", fin=False)
+        assert h.connection.fragmenting
+        with pytest.raises(WebSocketError, match="fragmented message"):
+            h.connection.send("not now")
+    h.connection.deliver(build_frame(Opcode.TEXT, b"broadcast"))
+    with h.lock:
+        h.connection.send_fragment(CONT, b"b", fin=True)
+    frames = h.run_until(lambda: len(h.peer.pump()) == 3 and h.peer.frames)
+    assert [(f.opcode, bytes(f.data), f.fin) for f in frames] == [
+        (Opcode.TEXT, b"a", False), (Opcode.CONT, b"b", True), (Opcode.TEXT, b"broadcast", True),
+    ]  # fmt: skip
 
 
 # 5. The closing handshake.

@@ -64,6 +64,9 @@ READ_SIZE = 65536
 LINGER = 0.1
 # Above this size a payload is written after its header rather than copied behind it.
 COPY_LIMIT = 16384
+# While a caller streams a message in (``next_fragment``), reading stops once this many
+# bytes of it wait to be taken, rather than at the whole message.
+STREAM_BUFFER = 65536
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -136,7 +139,13 @@ class Connection:
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._messages: deque[Message] = deque()
         self._parts: list[Any] = []  # the fragments of a message being received
+        self._parts_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
+        #: Set while a caller streams a message in (see :meth:`next_fragment`).
+        self.streaming = False
+        self._fragmenting = False  # a fragmented message is being sent
+        self._held: list[bytes] = []  # broadcasts that wait for its end
+        self._held_size = 0
         self._out: deque[bytes | bytearray | memoryview] = deque()
         self._out_size = 0
         self._eof_pending = False  # half-close once the output is flushed
@@ -222,6 +231,36 @@ class Connection:
             raise self.closed_error()
         return None
 
+    def next_fragment(self) -> tuple[Message, bool] | None:
+        """The next piece of a message, for a caller that streams it in: ``(piece,
+        final)``, text as ``str``, binary as ``bytes``; ``None``: none yet. A message that
+        arrived whole comes whole, final. Raises :class:`ConnectionClosed` once closed and
+        every message was taken. With the lock held; set :attr:`streaming` meanwhile."""
+        if self._messages:
+            message = self._messages.popleft()
+            if not self._reading:
+                self._update_reading()
+            return message, True
+        if self._parts and not self._failed:
+            parts, self._parts = self._parts, []
+            self._parts_size = 0
+            piece: Message = "".join(parts) if self._decoder is not None else b"".join(parts)
+            if self._inbuf:
+                self._receive(b"")  # the frames held back while the part was full
+            if not self._reading:
+                self._update_reading()
+            if piece:  # not the first bytes of a character split between frames
+                return piece, False
+        if self.protocol.state is CLOSED:
+            raise self.closed_error()
+        return None
+
+    def resume_reading(self) -> None:
+        """Read again if a wait that has ended (:attr:`streaming` cleared) stopped it.
+        With the lock held."""
+        if not self._reading:
+            self._update_reading()
+
     def poll_message(self) -> Message | None:
         """A message already received or readable from the socket now, or ``None``."""
         with self.lock:
@@ -268,7 +307,10 @@ class Connection:
         max_size = self._max_size
         messages = self._messages
         count = size = 0  # of the messages taken on the fast path
+        streaming = self.streaming
         while end - pos >= 2:
+            if streaming and self._parts_size >= STREAM_BUFFER:
+                break  # the rest waits in _inbuf until the streaming caller takes its part
             if protocol.state is not OPEN:
                 # Failed or closing: the protocol discards or checks the rest.
                 protocol.receive_data(view[pos:])
@@ -346,7 +388,9 @@ class Connection:
                 return  # the rest of a batch that failed is not delivered
             if opcode is not Opcode.CONT:
                 self._parts = []
+                self._parts_size = 0
                 self._decoder = _utf8_decoder() if opcode is Opcode.TEXT else None
+            self._parts_size += len(frame.data)
             self.bytes_in += len(frame.data)
             self.messages_in += frame.fin
             try:
@@ -359,6 +403,7 @@ class Connection:
                 return
             if frame.fin:
                 parts, self._parts = self._parts, []
+                self._parts_size = 0
                 if self._decoder is not None:
                     self._messages.append("".join(parts))
                 else:
@@ -495,6 +540,7 @@ class Connection:
             and (
                 len(self._messages) >= self.options.max_queue
                 or self._out_size > self.options.write_limit
+                or (self.streaming and self._parts_size >= STREAM_BUFFER)
             )
         )
         if want != self._reading:
@@ -511,6 +557,8 @@ class Connection:
         protocol = self.protocol
         if protocol.state is not OPEN:
             raise self.closed_error()
+        if self._fragmenting:
+            raise WebSocketError("a fragmented message is being sent: wait for its end")
         if type(payload) is not bytes:
             # A copy: the caller may reuse its buffer once send() returned, and a memoryview's
             # len() counts items, not bytes.
@@ -527,6 +575,35 @@ class Connection:
             self._write(frame_header(opcode, len(payload)), payload)
         else:
             self._write(frame_header(opcode, len(payload)) + payload)
+
+    @property
+    def fragmenting(self) -> bool:
+        """Whether a fragmented message is being sent: other messages wait for its end."""
+        return self._fragmenting
+
+    def send_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
+        """Send a fragment of a message: ``opcode`` TEXT or BINARY for the first one,
+        CONT for the others, ``fin`` for the last. Raises :class:`ConnectionClosed` once
+        closing. With the lock held; never waits (see :attr:`backlogged`)."""
+        protocol = self.protocol
+        if protocol.state is not OPEN:
+            raise self.closed_error()
+        self.bytes_out += len(payload)
+        self.messages_out += fin
+        if protocol.extensions:
+            if opcode == Opcode.TEXT:
+                protocol.send_text(payload, fin)
+            elif opcode == Opcode.BINARY:
+                protocol.send_binary(payload, fin)
+            else:
+                protocol.send_continuation(payload, fin)
+            self._flush_protocol()
+        else:
+            self._write(frame_header(opcode, len(payload), fin), payload)
+        self._fragmenting = not fin
+        if fin and self._held:
+            held, self._held, self._held_size = self._held, [], 0
+            self._write(*held)
 
     def send(self, message: Message | bytearray | memoryview) -> None:
         """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held."""
@@ -546,13 +623,18 @@ class Connection:
             if self.protocol.state is not OPEN:
                 return
             limit = self.options.max_send_buffer
-            if self._out and self._out_size + len(frame) > limit:
+            waiting = self._out_size + self._held_size
+            if waiting and waiting + len(frame) > limit:
                 self.slow_consumer = True
                 self.begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
                 self._wake()
+                return
+            self.messages_out += 1
+            self.bytes_out += len(frame) if size is None else size
+            if self._fragmenting:  # not inside another message: after its last fragment
+                self._held.append(frame)
+                self._held_size += len(frame)
             else:
-                self.messages_out += 1
-                self.bytes_out += len(frame) if size is None else size
                 self._write(frame)
 
     def ping(self, data: bytes | str | None = None) -> Ping:

@@ -45,13 +45,15 @@ def read_header(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int] 
     return start, length
 
 
-def frame_header(opcode: int, length: int) -> bytes:
-    """The header of an unmasked, final, unextended frame (RFC 6455, section 5.2)."""
+def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
+    """The header of an unmasked, unextended frame (RFC 6455, section 5.2): final unless
+    ``fin`` is false (a fragment of a message with more to come)."""
+    b0 = 0x80 | opcode if fin else opcode
     if length < 126:
-        return bytes((0x80 | opcode, length))
+        return bytes((b0, length))
     if length < 65536:
-        return _pack_short(0x80 | opcode, 126, length)
-    return _pack_long(0x80 | opcode, 127, length)
+        return _pack_short(b0, 126, length)
+    return _pack_long(b0, 127, length)
 
 
 def build_frame(opcode: int, payload: bytes) -> bytes:
