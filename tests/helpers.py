@@ -3,6 +3,8 @@
 - :class:`ServerProcess`, :class:`UwsgiServer`, :class:`AppServer`: real uWSGI processes
   on free loopback ports (``tests/app.py`` in each flavour for :class:`AppServer`).
 - :class:`RedisServer`: a real ``redis-server``.
+- :class:`NginxServer` and :func:`tls_certificate`: Debian's ``nginx`` in front of them,
+  with TLS from a certificate made at test time.
 - :class:`RawClient` and :func:`frame`: a raw-socket WebSocket client for the tests that
   send what real clients never would. It frames by hand on purpose: malformed frames are
   its job.
@@ -235,6 +237,148 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.dir.cleanup()
+
+
+def tls_certificate(directory: Path) -> tuple[Path, Path]:
+    """A new self-signed certificate for ``localhost`` and ``127.0.0.1``, valid for two
+    days, and its key: ``(cert.pem, key.pem)`` in ``directory`` (made with the
+    ``openssl`` command). Clients trust it with ``ssl.create_default_context(cafile=cert)``.
+    """
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-addext", "extendedKeyUsage=serverAuth"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+#: Debian's nginx (``scripts/install.sh --test`` installs it).
+NGINX = "/usr/sbin/nginx"
+
+NGINX_CONF = """\
+master_process off;
+pid {pid};
+error_log {error_log} notice;
+events {{}}
+http {{
+access_log {access_log};
+{temp_paths}
+{http}
+server {{
+{listen}
+{server}
+}}
+}}
+"""
+
+#: The files Debian keeps in /etc/nginx that a ``server`` block may ``include`` by name.
+NGINX_INCLUDES = ("uwsgi_params", "proxy_params", "mime.types")
+
+
+class NginxServer:
+    """Debian's nginx serving one ``server`` block on a free port of 127.0.0.1.
+
+    ``server`` is the body of the block (``location`` blocks and directives); the
+    ``listen`` line is added, with ``ssl`` and the certificate when ``certificate``
+    (``(cert, key)``, see :func:`tls_certificate`) is given. ``http`` is more text for
+    the ``http`` block (a ``map``, an ``upstream``). ``include uwsgi_params;`` and
+    ``include proxy_params;`` find Debian's files, as in /etc/nginx.
+
+    It runs as one foreground process (``master_process off``: no user switch, so it
+    works as any user), with its configuration, logs and temporary files in a new
+    directory under ``directory``. Use it as a context manager; :meth:`stop` sends
+    SIGTERM (nginx's fast shutdown, which does not wait for open WebSockets).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        directory: Path,
+        certificate: tuple[Path, Path] | None = None,
+        http: str = "",
+    ) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        #: ``http://`` or ``https://`` and the address; the base of URLs to it.
+        self.url = f"{'https' if certificate else 'http'}://{self.address}"
+        self.dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=directory))
+        for name in NGINX_INCLUDES:
+            if (Path("/etc/nginx") / name).exists():
+                (self.dir / name).symlink_to(Path("/etc/nginx") / name)
+        listen = f"listen {self.address};"
+        if certificate:
+            listen = (
+                f"listen {self.address} ssl;\n"
+                f"ssl_certificate {certificate[0]};\n"
+                f"ssl_certificate_key {certificate[1]};"
+            )
+        temp_paths = "\n".join(
+            f"{kind}_temp_path {self.dir / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.conf = self.dir / "nginx.conf"
+        conf = NGINX_CONF.format(
+            pid=self.dir / "nginx.pid", error_log=self.error_log,
+            access_log=self.dir / "access.log", temp_paths=temp_paths, http=http,
+            listen=listen, server=server,
+        )  # fmt: skip
+        self.conf.write_text(conf)
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.error_log),
+             "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        #: nginx's process id.
+        self.pid = self.process.pid
+
+    @property
+    def error_log(self) -> Path:
+        """Where nginx logs (level ``notice`` and up)."""
+        return self.dir / "error.log"
+
+    def output(self) -> str:
+        """What nginx has logged so far."""
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until nginx accepts connections; ``RuntimeError`` if it exits or is late."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nginx did not listen within {timeout} s:\n{self.output()}")
+
+    def stop(self) -> int:
+        """Stop it (SIGTERM to its PID); return its exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"nginx did not exit on SIGTERM:\n{self.output()}") from None
+        return self.process.returncode
+
+    def __enter__(self) -> Self:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
