@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -99,8 +98,11 @@ def tls_in_worker() -> bool:
     """
     if uwsgi is None or not _tls_listen_addresses():
         return False
-    with socket.socket(fileno=os.dup(connection_fd())) as sock:
+    sock = socket.socket(fileno=connection_fd())
+    try:
         local = sock.getsockname()
+    finally:
+        sock.detach()  # the fd stays uWSGI's
     return any(listens_on(address, local) for address in _tls_listen_addresses())
 
 
