@@ -2,8 +2,9 @@
 # Sets up a development checkout: a virtualenv in .venv with this package (editable), gevent,
 # redis-py, and a uWSGI built with the gevent, asyncio and greenlet engines.
 #   scripts/install.sh           enough to run the examples
-#   scripts/install.sh --test    also the test tools: pytest & co, redis-server and nginx
-#                                (Debian packages) and wstest (Autobahn|Testsuite, in ~/.cache)
+#   scripts/install.sh --test    also the test tools: pytest & co, redis-server, nginx and
+#                                systemd-analyze (Debian packages) and wstest (Autobahn|Testsuite,
+#                                in ~/.cache)
 # Environment: PYTHON (default python3), VENV (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,11 @@ py=$VENV/bin/python
 bash scripts/install-uwsgi.sh "$py"
 if [[ ${1:-} == --test ]]; then
   "$py" -m pip install -q -e ".[gevent,asyncio,redis,test,bench]"
-  if ! command -v redis-server >/dev/null || [[ ! -x /usr/sbin/nginx ]]; then
+  # nginx, and systemd's systemd-analyze: tests/test_deployment.py
+  if ! command -v redis-server >/dev/null || [[ ! -x /usr/sbin/nginx ]] ||
+     ! command -v systemd-analyze >/dev/null; then
     sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
-    $sudo apt-get update -q && $sudo apt-get install -y -q redis-server nginx >/dev/null
+    $sudo apt-get update -q && $sudo apt-get install -y -q redis-server nginx systemd >/dev/null
   fi
   bash scripts/install-autobahn.sh >/dev/null
 else
