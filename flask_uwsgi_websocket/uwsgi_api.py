@@ -7,6 +7,9 @@ each function here says what it answers then.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +20,11 @@ except ImportError:
     uwsgi = None
 
 __all__ = [
+    "TLS_SOCKET_OPTIONS",
     "at_exit",
     "connection_fd",
     "in_each_worker",
+    "listens_on",
     "loop_engine",
     "metric_add",
     "metric_declared",
@@ -28,6 +33,7 @@ __all__ = [
     "router_relays_websockets",
     "running",
     "sharedarea_read",
+    "tls_in_worker",
     "watches_recycling",
     "worker_count",
     "worker_id",
@@ -132,6 +138,78 @@ def metric_declared(name: str) -> bool:
 def metric_add(name: str, value: int) -> bool:
     """Add ``value`` (may be negative) to uWSGI's metric ``name``; whether it exists."""
     return uwsgi is not None and uwsgi.metric_inc(name, value) is True
+
+
+#: The uWSGI options whose sockets run TLS in the worker itself.
+TLS_SOCKET_OPTIONS = ("https-socket", "ssl-socket", "suwsgi-socket")
+
+
+def tls_in_worker() -> bool:
+    """Whether the current request came in on a socket where the worker itself runs TLS
+    (``--https-socket``, ``--ssl-socket``, ``--suwsgi-socket``).
+
+    The bytes of such a connection go through uWSGI's TLS layer, which Python cannot
+    reach (see README.rst, *Deployment*). Known by the connection's local address: the
+    address one of those options gave. ``False`` outside uWSGI, and when no such
+    option is set (the ``--https`` router and nginx end TLS before the worker).
+
+    One limit: uWSGI 2.0 under Python 3 keeps only the last value of a repeated option
+    in ``uwsgi.opt``, so of several ``--https-socket`` only the last is recognized.
+    """
+    if uwsgi is None or not _tls_listen_addresses():
+        return False
+    sock = socket.socket(fileno=connection_fd())
+    try:
+        local = sock.getsockname()
+    finally:
+        sock.detach()  # the fd stays uWSGI's
+    return any(listens_on(address, local) for address in _tls_listen_addresses())
+
+
+@functools.cache
+def _tls_listen_addresses() -> tuple[str, ...]:
+    """The addresses of this uWSGI's TLS sockets (``=N`` resolved to the shared socket)."""
+    shared = _values("shared-socket")
+    addresses = []
+    for name in TLS_SOCKET_OPTIONS:
+        for value in _values(name):
+            address = value.split(",", 1)[0]
+            if address.startswith("=") and address[1:].isdigit():
+                index = int(address[1:])
+                address = shared[index] if index < len(shared) else address
+            addresses.append(address)
+    return tuple(addresses)
+
+
+def _values(name: str) -> list[str]:
+    """The values of option ``name`` as ``str``: none, one, or a list of them."""
+    value = option(name)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def listens_on(address: str, local: Any) -> bool:
+    """Whether a socket bound by uWSGI to ``address`` (``host:port``, ``:port``,
+    ``[v6]:port``, a path, ``@abstract``) accepted a connection whose local address
+    (``getsockname()``) is ``local``. A host name (not an IP) matches any IP."""
+    if isinstance(local, tuple):
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) != local[1]:
+            return False
+        host = host.strip("[]")
+        if host in ("", "*", "0.0.0.0", "::"):
+            return True
+        try:
+            wanted = ipaddress.ip_address(host)
+            got = ipaddress.ip_address(local[0].split("%", 1)[0])
+        except ValueError:
+            return True  # a name: the port decides
+        if isinstance(got, ipaddress.IPv6Address) and got.ipv4_mapped is not None:
+            got = got.ipv4_mapped
+        return wanted == got
+    if isinstance(local, bytes):  # an abstract unix socket: b"\0name"
+        return address.startswith("@") and local == b"\0" + address[1:].encode()
+    return bool(local) and local == address
 
 
 def connection_fd() -> int:

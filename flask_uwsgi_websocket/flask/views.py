@@ -44,6 +44,16 @@ ROUTER_WITHOUT_WEBSOCKETS = (
     " frame: start uWSGI with --http-websockets"
 )
 
+#: Why an upgrade on a socket where the worker runs TLS is refused. 501 (Not Implemented),
+#: not 500: nothing failed, the server lacks the feature for this socket, and a retry
+#: cannot succeed. Sent before the 101, which would be followed by frames written in
+#: clear under uWSGI's TLS layer, which the client cannot read.
+TLS_IN_WORKER = (
+    "WebSockets cannot run through uWSGI's own TLS (--https-socket, --ssl-socket,"
+    " --suwsgi-socket): end TLS at nginx, or at uWSGI's --https router with --http-websockets"
+)
+_tls_refusal_logged: list[bool] = []  # once per process: the first refusal is logged
+
 
 class Server(Protocol):
     """The extension, as the views see it."""
@@ -111,6 +121,15 @@ def accept(
         return refusal(
             app, HandshakeError("500 Internal Server Error", "the WebSocket handshake failed")
         )
+    if uwsgi_api.tls_in_worker():
+        if not _tls_refusal_logged:
+            _tls_refusal_logged.append(True)
+            logger.error(
+                "WebSocket upgrade refused with 501 (as will be the next ones in this worker,"
+                " unlogged): %s (README.rst, Deployment)",
+                TLS_IN_WORKER,
+            )
+        return refusal(app, HandshakeError("501 Not Implemented", TLS_IN_WORKER))
     if not uwsgi_api.router_relays_websockets(environ):
         return refusal(app, HandshakeError("500 Internal Server Error", ROUTER_WITHOUT_WEBSOCKETS))
     if SOCKET not in environ and not uwsgi_api.running():
