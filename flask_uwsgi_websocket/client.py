@@ -13,7 +13,7 @@ wait that both faces drive; so is joining a room (:func:`joining`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask import json
@@ -88,6 +88,8 @@ class Fragmenter:
     def __init__(self, message: object) -> None:
         if isinstance(message, Mapping):
             raise TypeError("a dict is not a message: send its JSON (send_json)")
+        if not isinstance(message, (Iterable, AsyncIterable)):
+            raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
         self._opcode = 0
 
     def frame(self, item: object) -> FrameToSend:
