@@ -54,6 +54,12 @@ def _method(handler: object, name: str) -> Callable[..., Any] | None:
     return method if callable(method) else None
 
 
+def _instance(cls: type) -> tuple[Callable[..., Any] | None, ...]:
+    """A new instance's ``on_open``, ``on_message`` and ``on_close`` (``None``: absent)."""
+    callbacks = cls()
+    return tuple(_method(callbacks, name) for name in CALLBACKS)
+
+
 def check(cls: type, asynchronous: bool) -> None:
     """Refuse a class without callbacks, or with ``async def`` ones outside asyncio."""
     names = [name for name in CALLBACKS if _method(cls, name) is not None]
@@ -73,11 +79,8 @@ def blocking(cls: type) -> Callable[..., None]:
     """``cls`` as a handler function of the plain and gevent flavours."""
 
     def handler(ws: Any, **url_variables: Any) -> None:
-        callbacks = cls()
-        on_message = _method(callbacks, "on_message")
-        on_close = _method(callbacks, "on_close")
+        on_open, on_message, on_close = _instance(cls)
         try:
-            on_open = _method(callbacks, "on_open")
             if on_open is not None:
                 on_open(ws, **url_variables)
             for message in ws:
@@ -95,11 +98,8 @@ def coroutine(cls: type) -> Callable[..., Coroutine[Any, Any, None]]:
     """``cls`` as a handler coroutine function of the asyncio flavour."""
 
     async def handler(ws: Any, **url_variables: Any) -> None:
-        callbacks = cls()
-        on_message = _method(callbacks, "on_message")
-        on_close = _method(callbacks, "on_close")
+        on_open, on_message, on_close = _instance(cls)
         try:
-            on_open = _method(callbacks, "on_open")
             if on_open is not None:
                 await _done(on_open(ws, **url_variables))
             async for message in ws:

@@ -21,7 +21,7 @@ from websockets.frames import Opcode
 
 from . import uwsgi_api
 from .core.connection import Connection, Ping
-from .core.framing import Message
+from .core.framing import Message, data_of
 from .exceptions import ConnectionClosed
 from .flask.serving import ErrorHandlers, outcome_sync
 from .metrics import worker_metrics
@@ -94,12 +94,7 @@ class Fragmenter:
 
     def frame(self, item: object) -> FrameToSend:
         """The frame of the next item."""
-        if isinstance(item, str):
-            kind, payload = Opcode.TEXT, item.encode()
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            kind, payload = Opcode.BINARY, bytes(item)
-        else:
-            raise TypeError(f"a fragment is str or bytes-like, not {type(item).__name__}")
+        kind, payload = data_of(item, "a fragment")
         if self._opcode == 0:
             self._opcode = kind
             return kind, payload, False

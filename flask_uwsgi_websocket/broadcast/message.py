@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 from websockets.frames import Opcode
 
+from ..core.framing import data_of
+
 __all__ = ["Broadcast", "check_room", "exclusion"]
 
 _VERSION = 1
@@ -32,15 +34,10 @@ class Broadcast(NamedTuple):
     @classmethod
     def of(cls, message: Any, room: str | None, exclude: Any) -> Broadcast:
         """The broadcast of ``message`` (``str``: text, bytes-like: binary)."""
-        if isinstance(message, str):
-            opcode, payload = Opcode.TEXT, message.encode()
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            opcode, payload = Opcode.BINARY, bytes(message)
-        else:
-            raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
+        opcode, payload = data_of(message)
         if room is not None:
             check_room(room)
-        return cls(opcode, payload, room, exclusion(exclude))
+        return cls(Opcode(opcode), payload, room, exclusion(exclude))
 
     def encode(self) -> bytes:
         """The broadcast as one string of bytes, for a broker between processes."""

@@ -13,7 +13,7 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["Message", "apply_mask", "build_frame", "frame_header", "read_header"]
+__all__ = ["Message", "apply_mask", "build_frame", "data_of", "frame_header", "read_header"]
 
 #: A whole message: ``str`` for text, ``bytes`` for binary.
 Message = str | bytes
@@ -59,3 +59,13 @@ def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
 def build_frame(opcode: int, payload: bytes) -> bytes:
     """An unmasked, final, unextended frame of ``payload``."""
     return frame_header(opcode, len(payload)) + payload
+
+
+def data_of(message: object, what: str = "a message") -> tuple[int, bytes]:
+    """The opcode and payload of ``message``: ``str`` as text (UTF-8), bytes-like as
+    binary; ``TypeError`` (naming it ``what``) for anything else."""
+    if isinstance(message, str):
+        return 0x1, message.encode()
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return 0x2, bytes(message)
+    raise TypeError(f"{what} is str or bytes-like, not {type(message).__name__}")
