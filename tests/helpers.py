@@ -4,7 +4,8 @@
   on free loopback ports (``tests/app.py`` in each flavour for :class:`AppServer`).
 - :class:`RoomsServer` and :class:`Member`: ``tests/app_rooms.py`` under uWSGI, and a
   client of its ``/rooms``.
-- :class:`RedisServer`: a real ``redis-server``.
+- :class:`RedisServer`: a real ``redis-server``; :class:`RedisCluster`, a Redis Cluster
+  of them; :class:`RedisSentinels`, a master, its replica and three Sentinels.
 - :class:`NginxServer` and :func:`tls_certificate`: Debian's ``nginx`` in front of them,
   with TLS from a certificate made at test time.
 - :class:`RawClient` and :func:`frame`: a raw-socket WebSocket client for the tests that
@@ -42,6 +43,7 @@ from flask_uwsgi_websocket.live_server import free_port, wait_for_answer
 from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
 
 if TYPE_CHECKING:
+    from redis import Redis
     from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,24 +266,36 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1 with no persistence; :meth:`kill` and :meth:`start`
-    again on the same port simulate an outage."""
+    """``redis-server`` on 127.0.0.1 with no persistence (and ``args`` more); :meth:`kill`
+    and :meth:`start` again on the same port simulate an outage."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"redis://{self.address}/0"
+        self.args = list(args)
         self.dir = tempfile.TemporaryDirectory(prefix="redis-")
         self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The command line that starts it."""
+        return [
+            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning", *self.args,
+        ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> None:
         """Start it and wait until it answers ``PING``."""
         self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis-server")
+
+    def client(self) -> Redis:
+        """A client of it."""
+        from redis import Redis
+
+        return Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
 
     def kill(self) -> None:
         """Kill it at once (SIGKILL), as a crash would."""
@@ -305,6 +319,195 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.dir.cleanup()
+
+
+#: A master sends its data to a new replica at once, not after 5 s (waiting for others).
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
+
+
+class RedisCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters`` masters, each with a replica
+    (``redis-cli --cluster create ... --cluster-replicas 1``). Nodes that stop answering
+    for 1 s fail (``cluster-node-timeout``), so a replica takes over in a few seconds."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms), *NO_SYNC_DELAY]  # fmt: skip
+        # The bus port too: by default the port + 10000, which may be taken or too high.
+        self.nodes = [
+            RedisServer(args=[*args, "--cluster-port", str(free_port())])
+            for _ in range(2 * masters)
+        ]
+        self.url = "redis+cluster://" + ",".join(node.address for node in self.nodes[:masters])
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the nodes, make them a cluster, and wait until every node is online."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        wait_for(self._whole, timeout=timeout)
+
+    def _whole(self) -> bool:
+        # A replica counts as "loading" until the replication offset moves (a ping every
+        # 10 s): its link to the master tells sooner that it is in sync.
+        nodes = [node for shard in self.shards() for node in shard["nodes"]]
+        replicas = [self.node(n["port"]) for n in nodes if n["role"] == "replica"]
+        return (
+            len(nodes) == len(self.nodes)
+            and all(n["health"] == "online" for n in nodes if n["role"] == "master")
+            and all(r.client().info("replication")["master_link_status"] == "up" for r in replicas)
+        )
+
+    def node(self, port: int) -> RedisServer:
+        """The node on ``port``."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def shards(self) -> list[dict[str, Any]]:
+        """``CLUSTER SHARDS`` (with ``str`` keys and roles) of a node that answers; the
+        shards that serve slots."""
+        from redis import RedisError
+
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                answer = node.client().execute_command("CLUSTER SHARDS")
+            except RedisError:
+                continue
+            shards = []
+            for shard in answer:
+                nodes = [{key.decode(): value.decode() if isinstance(value, bytes) else value
+                          for key, value in item.items()} for item in shard[b"nodes"]]  # fmt: skip
+                if shard[b"slots"]:
+                    shards.append({"slots": list(shard[b"slots"]), "nodes": nodes})
+            return shards
+        raise AssertionError("no node of the cluster answers")
+
+    def master_of(self, channel: str) -> RedisServer:
+        """The master of the shard that serves ``channel``."""
+        from redis.crc import key_slot
+
+        slot = key_slot(channel.encode())
+        for shard in self.shards():
+            bounds = shard["slots"]
+            if any(a <= slot <= b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
+                master = next(n for n in shard["nodes"] if n["role"] == "master")
+                return self.node(master["port"])
+        raise AssertionError(f"no shard serves slot {slot}")
+
+    def masters(self) -> list[RedisServer]:
+        """The masters, one per shard."""
+        return [
+            self.node(next(n["port"] for n in shard["nodes"] if n["role"] == "master"))
+            for shard in self.shards()
+        ]
+
+    def stop(self) -> None:
+        """Stop every node and remove their files."""
+        for node in self.nodes:
+            node.stop()
+            node.dir.cleanup()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+SENTINEL_CONF = """\
+port {port}
+bind 127.0.0.1
+dir {dir}
+sentinel monitor {service} 127.0.0.1 {master} 2
+sentinel down-after-milliseconds {service} 500
+sentinel failover-timeout {service} 5000
+"""
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel on 127.0.0.1 that watches the master on ``master_port`` as ``service``."""
+
+    def __init__(self, service: str, master_port: int) -> None:
+        super().__init__()
+        self.conf = Path(self.dir.name) / "sentinel.conf"
+        self.conf.write_text(SENTINEL_CONF.format(
+            port=self.port, dir=self.dir.name, service=service, master=master_port
+        ))  # fmt: skip
+
+    def command(self) -> list[str]:
+        """``redis-server sentinel.conf --sentinel``."""
+        return [redis_binary(), str(self.conf), "--sentinel"]
+
+
+class RedisSentinels:
+    """A master and its replica on 127.0.0.1, watched as ``service`` by three Sentinels
+    (quorum 2); a master that does not answer for 0.5 s is down, and the Sentinels
+    promote the replica."""
+
+    def __init__(self, service: str = "tests") -> None:
+        self.service = service
+        self.master = RedisServer(args=NO_SYNC_DELAY)
+        self.replica = RedisServer(args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinels = [RedisSentinel(service, self.master.port) for _ in range(3)]
+        addresses = ",".join(sentinel.address for sentinel in self.sentinels)
+        self.url = f"redis+sentinel://{addresses}/{service}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start them; wait until the replica is in sync and every Sentinel knows the
+        replica and the two other Sentinels (they must, to agree on a failover)."""
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self._ready, timeout=timeout)
+
+    def _ready(self) -> bool:
+        info = self.replica.client().info("replication")
+        if info.get("master_link_status") != "up":
+            return False
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            if len(client.sentinel_slaves(self.service)) != 1:
+                return False
+            if len(client.sentinel_sentinels(self.service)) != 2:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The port of the master, as the first Sentinel that answers says."""
+        for sentinel in self.sentinels:
+            try:
+                return int(sentinel.client().sentinel_get_master_addr_by_name(self.service)[1])
+            except Exception:
+                continue
+        raise AssertionError("no Sentinel answers")
+
+    def stop(self) -> None:
+        """Stop them all and remove their files."""
+        for server in (*self.sentinels, self.master, self.replica):
+            server.stop()
+            server.dir.cleanup()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def tls_certificate(directory: Path) -> tuple[Path, Path]:
