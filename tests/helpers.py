@@ -391,13 +391,39 @@ class RedisCluster:
         """The master of the shard that serves ``channel``."""
         from redis.crc import key_slot
 
-        slot = key_slot(channel.encode())
+        return self.master_of_slot(key_slot(channel.encode()))
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The master of the shard that serves ``slot``."""
         for shard in self.shards():
             bounds = shard["slots"]
             if any(a <= slot <= b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
                 master = next(n for n in shard["nodes"] if n["role"] == "master")
                 return self.node(master["port"])
         raise AssertionError(f"no shard serves slot {slot}")
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Give ``slot`` (with no key in it) to the shard of the master ``to``, as
+        ``redis-cli --cluster reshard`` does, and wait until every node knows."""
+        source = self.master_of_slot(slot)
+        ids = {node.port: node.client().execute_command("CLUSTER MYID").decode()
+               for node in (source, to)}  # fmt: skip
+        to.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
+        source.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to.port])
+        for master in (to, source, *self.masters()):
+            master.client().execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to.port])
+        wait_for(lambda: all(
+            self.owner(node, slot) == ids[to.port] for node in self.nodes
+            if node.process is not None and node.process.poll() is None
+        ))  # fmt: skip
+
+    @staticmethod
+    def owner(node: RedisServer, slot: int) -> str:
+        """The id of the master of ``slot``, as ``node`` knows it."""
+        for first, last, master, *_ in node.client().execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                return str(master[2].decode())
+        return ""
 
     def masters(self) -> list[RedisServer]:
         """The masters, one per shard."""

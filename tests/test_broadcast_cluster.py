@@ -118,6 +118,49 @@ def test_a_process_that_only_publishes(
         member.close()
 
 
+def test_a_slot_moved_to_another_shard(
+    cluster: RedisCluster, rooms: list[str], servers: list[RoomsServer]
+) -> None:
+    """The node that gave the slot away ends the subscriptions to its channels; each
+    worker logs that once, its link to that shard reconnects, and the room's channel
+    moves to the link of the shard that has the slot now: the room's members get its
+    broadcasts again, in order."""
+    from redis.crc import key_slot
+
+    marks = [len(server.output()) for server in servers]
+    members = [Member(server) for server in servers]
+    for member in members:
+        member.join(rooms[1])
+    source = cluster.master_of(room_channel(rooms[1]))
+    target = cluster.masters()[2]
+    cluster.move_slot(key_slot(room_channel(rooms[1]).encode()), target)
+    for server, mark in zip(servers, marks, strict=True):
+        wait_for(lambda s=server, m=mark: "is back after" in s.output()[m:], timeout=30)
+    for member in members:  # probes until delivery resumes
+        wait_for(lambda m=member: probe(servers[0], m, rooms[1]), timeout=30)
+    numsub = "PUBSUB SHARDNUMSUB"
+    assert target.client().execute_command(numsub, room_channel(rooms[1]))[0][1] == 2
+    assert source.client().execute_command(numsub, room_channel(rooms[1]))[0][1] == 0
+    servers[0].http("/flood", count=50, prefix="moved", room=rooms[1])
+    for member in members:
+        got = until(member, "moved-49")
+        assert [m for m in got if m != "probe"] == [f"moved-{n}" for n in range(50)]
+        member.close()
+    for server, mark in zip(servers, marks, strict=True):
+        log = server.output()[mark:]
+        assert log.count("lost its subscriptions (the server ended the subscription") == 1, log
+        assert log.count("is back after") == 1, log
+
+
+def probe(server: RoomsServer, member: Member, room: str) -> bool:
+    """Broadcast ``probe`` to ``room``: whether ``member`` has it within 0.5 s."""
+    server.http("/broadcast", message="probe", room=room)
+    try:
+        return bool(member.recv(timeout=0.5) == "probe")
+    except TimeoutError:
+        return False
+
+
 def test_a_master_killed_and_its_replica_promoted(
     cluster: RedisCluster, rooms: list[str], servers: list[RoomsServer]
 ) -> None:
@@ -126,6 +169,7 @@ def test_a_master_killed_and_its_replica_promoted(
     counted: with one worker that broadcasts and receives, what arrives and the count in
     the log add up); each worker logs the outage once and the recovery once."""
     a, b = servers
+    marks = {server.port: len(server.output()) for server in servers}
     members = {server.port: [Member(server) for _ in rooms] for server in servers}
     for server in servers:
         for member, room in zip(members[server.port], rooms, strict=True):
@@ -137,7 +181,7 @@ def test_a_master_killed_and_its_replica_promoted(
     victim = cluster.master_of(room_channel(rooms[0]))
     victim.kill()
     for server in servers:
-        wait_for(lambda server=server: "is unreachable" in server.output(), timeout=30)
+        wait_for(lambda s=server: "is unreachable" in s.output()[marks[s.port] :], timeout=30)
     made = 0
     deadline = time.monotonic() + 60
     after_back = 0
@@ -145,7 +189,7 @@ def test_a_master_killed_and_its_replica_promoted(
         for room in rooms:
             a.http("/broadcast", message=f"during-{made}", room=room)
         made += 1
-        if all("is back after" in server.output() for server in servers):
+        if all("is back after" in server.output()[marks[server.port] :] for server in servers):
             after_back += 1
         assert time.monotonic() < deadline, [server.output() for server in servers]
         time.sleep(0.05)
@@ -162,7 +206,7 @@ def test_a_master_killed_and_its_replica_promoted(
         kept = [m for m in received if m.startswith("during-")]
         assert kept == sorted(kept, key=lambda m: int(m.split("-")[1]))  # in order
         assert received[len(kept) :] == after
-    log = a.output()
+    log = a.output()[marks[a.port] :]
     shard = re.search(r"Redis broker (redis\+cluster://\S+ \([^)]*\)) is unreachable", log)
     assert shard is not None, log
     name = re.escape(shard.group(1))
@@ -173,7 +217,7 @@ def test_a_master_killed_and_its_replica_promoted(
     assert received_during + int(back[0]) == made, (received_during, back, made)
     assert received_during > 0
     for server in servers:
-        output = server.output()
+        output = server.output()[marks[server.port] :]
         assert output.count("is unreachable") == output.count("is back after") == 1, output
     for member in [*members[a.port], *members[b.port]]:
         member.close()

@@ -444,7 +444,7 @@ class Link:
                         elif channels.confirmed(channel):
                             self._confirm([channel])
                     elif kind == unsubscribe_kind and not channels.left(channel):
-                        raise LostSubscription(f"Redis ended the subscription to {channel!r}")
+                        raise LostSubscription(f"the server ended the subscription to {channel!r}")
             except Exception as exc:  # any Redis or socket error
                 self._subscribed.clear()
                 if not self._closed:
@@ -543,9 +543,9 @@ class Link:
         if first:
             lost = "dropped and not received" if self._receiving else "dropped"
             self.log.error(
-                "Redis broker %s is unreachable (%s): %d broadcast(s) made here dropped so "
-                "far; broadcasts are %s until it is back; reconnecting",
-                self.server.name, error or type(error).__name__, dropped, lost,
+                "Redis broker %s %s (%s): %d broadcast(s) made here dropped so far; "
+                "broadcasts are %s until it is back; reconnecting",
+                self.server.name, failure(error), error or type(error).__name__, dropped, lost,
             )  # fmt: skip
 
     def _came_back(self) -> None:
@@ -613,6 +613,17 @@ class Channels:
         if not self._leaving[channel]:
             del self._leaving[channel]
         return True
+
+
+def failure(error: Exception) -> str:
+    """What ``error`` says of the server, for the log."""
+    import redis
+
+    if isinstance(error, LostSubscription):
+        return "lost its subscriptions"
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+        return "is unreachable"
+    return "answered with an error"  # MOVED (a slot moved to another shard), READONLY...
 
 
 def start_thread(target: Callable[[], None], name: str) -> None:
