@@ -3,7 +3,7 @@
 # redis-py, and a uWSGI built with the gevent, asyncio and greenlet engines.
 #   scripts/install.sh           enough to run the examples
 #   scripts/install.sh --test    also the test tools: pytest & co, Playwright, redis-server,
-#                                nginx and chromium (Debian packages) and wstest
+#                                nginx, chromium and iproute2 (Debian packages) and wstest
 #                                (Autobahn|Testsuite, in ~/.cache)
 # Environment: PYTHON (default python3), VENV (default .venv).
 set -euo pipefail
@@ -17,10 +17,12 @@ bash scripts/install-uwsgi.sh "$py"
 if [[ ${1:-} == --test ]]; then
   "$py" -m pip install -q -e ".[gevent,asyncio,redis,test,bench]"
   # Playwright drives Debian's chromium: `playwright install` (a browser download) is not used.
+  # iproute2: `ip netns`, for the test of hosts in network namespaces.
   if ! command -v redis-server >/dev/null || [[ ! -x /usr/sbin/nginx ]] \
-      || [[ ! -x /usr/bin/chromium ]]; then
+      || [[ ! -x /usr/bin/chromium ]] || ! command -v ip >/dev/null; then
     sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
-    $sudo apt-get update -q && $sudo apt-get install -y -q redis-server nginx chromium >/dev/null
+    $sudo apt-get update -q \
+      && $sudo apt-get install -y -q redis-server nginx chromium iproute2 >/dev/null
   fi
   bash scripts/install-autobahn.sh >/dev/null
 else

@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -70,21 +71,40 @@ class ServerProcess:
         port: int,
         cwd: str | Path = ROOT,
         env: dict[str, str] | None = None,
+        netns: Netns | None = None,
     ) -> None:
         self.args = list(args)
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.url = f"ws://{self.address}"
+        #: The network namespace it runs in (its 127.0.0.1), if not this process's.
+        self.netns = netns
         self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env
-        )
+            netns.command(self.args) if netns else self.args,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env,
+        )  # fmt: skip
         self.pid = self.process.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A TCP connection to it (from its network namespace)."""
+        if self.netns is not None:
+            return self.netns.connect("127.0.0.1", self.port, timeout)
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the app answers HTTP (so the worker has loaded it)."""
         request = b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        wait_for_answer(self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output)
+        if self.netns is None:
+            wait_for_answer(
+                self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output
+            )
+            return
+        deadline = time.monotonic() + timeout
+        while not answers(self.connect, request, b"HTTP/"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uWSGI did not answer in {self.netns}:\n{self.output()}")
+            time.sleep(0.05)
 
     def output(self) -> str:
         """What the server has logged so far."""
@@ -141,6 +161,7 @@ class UwsgiServer(ServerProcess):
         env: dict[str, str] | None = None,
         cwd: str | Path = ROOT,
         port: int | None = None,
+        netns: Netns | None = None,
     ) -> None:
         port = port or free_port()
         address = f"127.0.0.1:{port}"
@@ -156,7 +177,7 @@ class UwsgiServer(ServerProcess):
             UWSGI, "--master", *listen, "--virtualenv", sys.prefix, "--pythonpath", str(ROOT),
             "--need-app", *app_args, *extra_args,
         ]  # fmt: skip
-        super().__init__(args, port, cwd, {**os.environ, **(env or {})})
+        super().__init__(args, port, cwd, {**os.environ, **(env or {})}, netns)
 
 
 APP_MODULES = {"asyncio": "tests.app_asyncio:app"}
@@ -205,21 +226,24 @@ class RoomsServer(UwsgiServer):
         channel: str = "tests",
         extra_args: tuple[str, ...] = (),
         mode: str = "http",
+        netns: Netns | None = None,
     ) -> None:
         env = {"TEST_FLAVOUR": flavour}
         if broker is not None:
             env["FLASK_WEBSOCKET_BROKER_URL"] = broker
             env["FLASK_WEBSOCKET_BROKER_CHANNEL"] = channel
         super().__init__(
-            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env
-        )
+            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env,
+            netns=netns,
+        )  # fmt: skip
 
     def http(self, path: str, **query: Any) -> str:
         """The body of ``GET path?query``."""
-        url = f"http://{self.address}{path}"
         if query:
-            url += "?" + urllib.parse.urlencode(query, doseq=True)
-        with urllib.request.urlopen(url, timeout=30) as response:
+            path += "?" + urllib.parse.urlencode(query, doseq=True)
+        if self.netns is not None:  # urllib cannot go into another network namespace
+            return http_get(self.connect(30), path)
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=30) as response:
             body: bytes = response.read()
         return body.decode()
 
@@ -228,6 +252,8 @@ class Member:
     """A ``websockets`` client of ``/rooms``."""
 
     def __init__(self, server: RoomsServer, path: str = "/rooms", **options: Any) -> None:
+        if server.netns is not None:
+            options["sock"] = server.connect()
         self.ws: ClientConnection = connect(
             f"{server.url}{path}", open_timeout=10, **options
         ).__enter__()  # closed by close()
@@ -269,32 +295,56 @@ class RedisServer:
     """``redis-server`` on 127.0.0.1 with no persistence (and ``args`` more); :meth:`kill`
     and :meth:`start` again on the same port simulate an outage."""
 
-    def __init__(self, port: int | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        netns: Netns | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{host}:{self.port}"
         self.url = f"redis://{self.address}/0"
         self.args = list(args)
+        #: The network namespace it runs in, where it listens on 127.0.0.1 and ``host``.
+        self.netns = netns
+        self.host = host
         self.dir = tempfile.TemporaryDirectory(prefix="redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         """The command line that starts it."""
+        hosts = dict.fromkeys(["127.0.0.1", self.host])
+        # Without a password, protected mode refuses clients from other hosts.
+        protected = "yes" if len(hosts) == 1 else "no"
         return [
-            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning", *self.args,
+            redis_binary(), "--port", str(self.port), "--bind", *hosts, "--save", "",
+            "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning",
+            "--protected-mode", protected, *self.args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> None:
         """Start it and wait until it answers ``PING``."""
+        command = self.command()
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis-server")
+            self.netns.command(command) if self.netns else command,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if self.netns is None:
+            wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis")
+            return
+        netns = self.netns
+        deadline = time.monotonic() + timeout
+        while not answers(lambda: netns.connect("127.0.0.1", self.port, 1), b"PING\r\n", b"+PONG"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer in {netns}")
+            time.sleep(0.05)
 
     def client(self) -> Redis:
-        """A client of it."""
+        """A client of it (not for one in another network namespace)."""
         from redis import Redis
 
+        assert self.netns is None, "a client of this process cannot reach it"
         return Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
 
     def kill(self) -> None:
@@ -534,6 +584,96 @@ class RedisSentinels:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class NetnsRefused(Exception):
+    """This machine does not let the tests make network namespaces."""
+
+
+class Netns:
+    """A network namespace the test makes (``ip netns add``), with its loopback up, as a
+    host of its own: :meth:`command` runs a program in it, :meth:`connect` opens a TCP
+    connection from it, :meth:`ip` configures it. :meth:`close` removes it (its
+    interfaces go with it). ``NetnsRefused`` if the system does not allow it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NetnsRefused(f"`ip netns add {name}` failed ({done.returncode}): {done.stderr}")
+        self.ip("link", "set", "lo", "up")
+
+    def __str__(self) -> str:
+        return f"network namespace {self.name}"
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        """``args`` run in the namespace (``ip netns exec`` execs it: same process)."""
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def ip(self, *args: str) -> None:
+        """``ip -n <name> ARGS``; ``CalledProcessError`` if it fails."""
+        subprocess.run(["ip", "-n", self.name, *args], check=True, capture_output=True)
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection to ``host:port`` made from the namespace (a socket stays in
+        the namespace it was made in: a thread enters it, makes it, and ends)."""
+        made: list[socket.socket] = []
+        failed: list[BaseException] = []
+
+        def inside() -> None:
+            try:
+                with open(f"/run/netns/{self.name}") as handle:
+                    setns(handle.fileno())
+                made.append(socket.create_connection((host, port), timeout=timeout))
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return made[0]
+
+    def close(self) -> None:
+        """Remove the namespace."""
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def setns(fd: int) -> None:
+    """Move this thread into the network namespace ``fd`` refers to."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def answers(connect: Any, request: bytes, answer: bytes) -> bool:
+    """Whether a connection from ``connect()`` gets ``answer`` first to ``request``."""
+    try:
+        with connect() as sock:
+            sock.settimeout(1)
+            sock.sendall(request)
+            return bool(sock.recv(64).startswith(answer))
+    except OSError:
+        return False
+
+
+def http_get(sock: socket.socket, path: str) -> str:
+    """The body of ``GET path`` (HTTP/1.0) over ``sock``, which it closes; an error
+    unless the status is 200."""
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise RuntimeError(f"GET {path}: {head[:80]!r}")
+    return body.decode()
 
 
 def tls_certificate(directory: Path) -> tuple[Path, Path]:
