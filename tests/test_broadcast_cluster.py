@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import ROOT, Member, RedisCluster, RoomsServer, child_env, wait_for
+from .helpers import ROOT, Member, RedisCluster, RoomsServer, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -116,6 +116,22 @@ def test_a_process_that_only_publishes(
         assert [m for m in got if m != "script-end"] == [f"script-{n}" for n in range(100)]
         assert "script-end" in got
         member.close()
+
+
+def test_a_cluster_no_node_answers_for() -> None:
+    """A process that only publishes, with no node of the URL answering: the outage is
+    logged once, and what was dropped as the process exits."""
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    env = child_env(FLASK_WEBSOCKET_BROKER_URL=url, FLASK_WEBSOCKET_BROKER_CHANNEL=CHANNEL)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.flood", "r", "100", "script", "0", "10"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "flushed: False" in output, output
+    assert output.count("is unreachable (no node of the cluster answers") == 1, output
+    assert "is still unreachable as the process exits: 101 broadcast(s) made in this " \
+        "process were dropped before its shards were known" in output, output  # fmt: skip
 
 
 def test_a_slot_moved_to_another_shard(

@@ -249,8 +249,7 @@ class ShardedLinks:
             if self._receiving:
                 for link in new:
                     link.receive()
-        for link in gone:
-            link.close()
+        lost = sum(link.close() for link in gone)
         for subscription in finished:
             subscription.finish()
         if since is not None:
@@ -260,6 +259,6 @@ class ShardedLinks:
             )  # fmt: skip
         if gone:
             self.log.warning(
-                "Redis broker %s: %d shard(s) gone; %d now", self.cluster.name, len(gone),
-                len(links),
+                "Redis broker %s: %d shard(s) gone, %d left; %d broadcast(s) made here for "
+                "them were dropped", self.cluster.name, len(gone), len(links), lost,
             )  # fmt: skip

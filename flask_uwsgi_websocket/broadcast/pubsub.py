@@ -238,22 +238,20 @@ class Link:
         if waiting is not None:
             waiting.finish()
 
-    def wanted(self) -> list[bytes]:
-        """The channels received here."""
-        with self._lock:
-            return list(self._wanted)
-
-    def close(self) -> None:
-        """Retire the link: its threads end, what waits for it is dropped or released."""
+    def close(self) -> int:
+        """Retire the link: its threads end, what waits for it is dropped or released.
+        The broadcasts dropped and not yet logged."""
         with self._lock:
             self._closed = True
             self._drop(len(self._pending))
             self._pending.clear()
             self._pending_bytes = 0
+            dropped, self._dropped = self._dropped, 0
             waiting = [w for w in self._wanted.values() if w is not None]
             self._ready.notify()
         for subscription in waiting:
             subscription.finish()
+        return dropped
 
     def _join_overdue(self) -> None:
         with self._lock:

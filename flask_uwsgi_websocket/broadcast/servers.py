@@ -256,12 +256,14 @@ class Cluster:
 
         errors = []
         for address in self._nodes:
+            client = self.client(address, CONNECT_TIMEOUT, 0)
             try:
-                client = self.client(address, CONNECT_TIMEOUT, 0)
                 answer = client.execute_command("CLUSTER SHARDS")  # type: ignore[no-untyped-call]
             except redis.RedisError as exc:
                 errors.append(f"{address}: {exc}")
                 continue
+            finally:
+                client.close()
             shards = [shard for shard in map(parse_shard, answer) if shard.slots]
             known = [node for shard in shards for node in shard.nodes]
             self._nodes = list(dict.fromkeys([address, *known, *self.hosts.addresses]))
