@@ -376,17 +376,18 @@ NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
 
 
 class RedisCluster:
-    """A Redis Cluster on 127.0.0.1: ``masters`` masters, each with a replica
+    """A Redis Cluster on 127.0.0.1: ``masters`` masters, each with ``replicas`` replicas
     (``redis-cli --cluster create ... --cluster-replicas 1``). Nodes that stop answering
     for 1 s fail (``cluster-node-timeout``), so a replica takes over in a few seconds."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.replicas = replicas
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms), *NO_SYNC_DELAY]  # fmt: skip
         # The bus port too: by default the port + 10000, which may be taken or too high.
         self.nodes = [
             RedisServer(args=[*args, "--cluster-port", str(free_port())])
-            for _ in range(2 * masters)
+            for _ in range((1 + replicas) * masters)
         ]
         self.url = "redis+cluster://" + ",".join(node.address for node in self.nodes[:masters])
 
@@ -396,7 +397,7 @@ class RedisCluster:
             node.start()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
-             "--cluster-replicas", "1", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=timeout,
         )  # fmt: skip
         wait_for(self._whole, timeout=timeout)
