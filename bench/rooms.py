@@ -5,7 +5,7 @@
 
 bench/rooms_app.py runs under ``uwsgi --master --processes W --gevent N --http-socket``
 with the Redis broker (a redis-server of its own; with ``--cluster``, a Redis Cluster of
-three masters, which also gives, per node, the shard channels subscribed there and the
+three masters, which also gives, per node, the room channels subscribed there and the
 commands and bytes it handled during the broadcasts). This process opens one connection per
 room (``/rooms/room-<i>``; the kernel spreads them over the workers), then broadcasts, as a
 process that serves no connection: ``--rounds`` times one message to each room, and
@@ -93,19 +93,19 @@ async def worker_counts(members: list[Member]) -> dict[int, Counter[str]]:
 
 
 def node_stats(ports: list[int], channel: str) -> list[dict[str, int]]:
-    """Each Redis node's commands and bytes out so far, and the shard channels subscribed."""
+    """Each Redis node's commands and bytes out so far, and the room channels subscribed."""
     from redis import Redis
 
     found = []
     for port in ports:
         node = Redis(host=HOST, port=port, socket_timeout=10)
         stats = node.info("stats")
-        channels = node.execute_command("PUBSUB SHARDCHANNELS", f"{channel}:*")
+        channels = node.execute_command("PUBSUB SHARDCHANNELS", f"{channel}:room:*")
         found.append({
             "port": port,
             "commands": stats["total_commands_processed"],
             "bytes_out": stats["total_net_output_bytes"],
-            "shard_channels": len(channels),
+            "room_channels": len(channels),
         })  # fmt: skip
         node.close()
     return found
@@ -190,7 +190,7 @@ async def run(
     node_figures = [
         {
             "port": now["port"],
-            "shard_channels": now["shard_channels"],
+            "room_channels": now["room_channels"],
             "commands": now["commands"] - then["commands"],
             "bytes_out": now["bytes_out"] - then["bytes_out"],
         }
@@ -224,12 +224,12 @@ def table(result: dict[str, Any]) -> str:
     if result["nodes"]:
         rows += [
             "",
-            "| node | shard channels | commands during the broadcasts | bytes out |",
+            "| node | room channels | commands during the broadcasts | bytes out |",
             "|---|--:|--:|--:|",
         ]
         for n, node in enumerate(result["nodes"], 1):
             rows.append(
-                f"| {n} | {node['shard_channels']:,} | {node['commands']:,} "
+                f"| {n} | {node['room_channels']:,} | {node['commands']:,} "
                 f"| {node['bytes_out']:,} |"
             )
     return "\n".join(rows)
