@@ -33,25 +33,28 @@ class Network:
     def __init__(self) -> None:
         tag = f"{os.getpid() % 100000}"
         self.made: list[Netns] = []
+        #: The interface of each host on the link to R.
+        self.links: dict[str, str] = {}
         try:
             self.redis = self.add(f"fws{tag}r")
             self.hosts = {name: self.add(f"fws{tag}{name}") for name in HOSTS}
+            self.redis.ip("link", "add", "br0", "type", "bridge")
+            self.redis.ip("addr", "add", f"{REDIS}/24", "dev", "br0")
+            self.redis.ip("link", "set", "br0", "up")
+            for name, address in HOSTS.items():
+                host, link, peer = self.hosts[name], f"fws{tag}{name}", f"fws{tag}{name}r"
+                self.redis.ip("link", "add", peer, "type", "veth", "peer", "name", link,
+                              "netns", host.name)  # fmt: skip
+                self.redis.ip("link", "set", peer, "master", "br0", "up")
+                host.ip("addr", "add", f"{address}/24", "dev", link)
+                host.ip("link", "set", link, "up")
+                self.links[name] = link
         except NetnsRefused as refused:
             self.close()
             pytest.skip(f"network namespaces are refused on this machine: {refused}")
-        self.redis.ip("link", "add", "br0", "type", "bridge")
-        self.redis.ip("addr", "add", f"{REDIS}/24", "dev", "br0")
-        self.redis.ip("link", "set", "br0", "up")
-        #: The interface of each host on the link to R.
-        self.links = {}
-        for name, address in HOSTS.items():
-            host, link, peer = self.hosts[name], f"fws{tag}{name}", f"fws{tag}{name}r"
-            self.redis.ip("link", "add", peer, "type", "veth", "peer", "name", link,
-                          "netns", host.name)  # fmt: skip
-            self.redis.ip("link", "set", peer, "master", "br0", "up")
-            host.ip("addr", "add", f"{address}/24", "dev", link)
-            host.ip("link", "set", link, "up")
-            self.links[name] = link
+        except BaseException:
+            self.close()
+            raise
 
     def add(self, name: str) -> Netns:
         netns = Netns(name)
