@@ -97,6 +97,17 @@ def test_rooms_are_spread_over_the_shards(
         member.close()
 
 
+def test_a_broadcast_right_after_join_reaches_the_member(servers: list[RoomsServer]) -> None:
+    """Joined and broadcast in one command, in rooms new to the worker, on every shard:
+    ``join`` waited for the subscription on the room's shard."""
+    for server in servers:
+        member = Member(server)
+        for n in range(20):
+            member.command(join=f"fresh-{n}", broadcast=f"first-{n}", room=f"fresh-{n}")
+            assert member.recv(timeout=30) == f"first-{n}"
+        member.close()
+
+
 def test_a_process_that_only_publishes(
     cluster: RedisCluster, rooms: list[str], servers: list[RoomsServer]
 ) -> None:
