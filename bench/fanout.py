@@ -1,11 +1,15 @@
-"""Fan-out benchmark: one message to every connection of a room, on one gevent worker.
+"""Fan-out benchmark: one message to every connection of a room, on gevent workers.
 
     .venv/bin/python bench/fanout.py [--conns 1000,5000] [--sizes 64,4096] [--rounds 20]
-                                     [--brokers local,redis] [--json out.json]
+                                     [--brokers local,redis,redis-2+cluster-2]
+                                     [--json out.json]
 
 For each broker (``local``: in-process; ``redis``: a redis-server of its own), the app
 bench/fanout_app.py runs under ``uwsgi --master --workers 1 --gevent N --http-socket``
-pinned to one CPU. This process, pinned to another, is the client (picows on uvloop):
+pinned to one CPU; ``redis-2`` and ``cluster-2`` run two such instances (their
+connections alternate between them) sharing a redis-server, or a Redis Cluster of three
+masters, and the broadcast is made on the first. This process, pinned to another CPU,
+is the client (picows on uvloop):
 it opens the connections (each joins the room), then for every round and message size
 records ``t0`` just before it sends ``GET /broadcast`` (``websocket.broadcast`` to the
 room) and the time each connection has the whole message. It reports the median, p90 and
@@ -16,6 +20,9 @@ with the broadcast, so that their ratios come from the same run: ``naive``, a lo
 ``ws.send``, one call per connection (each frames the message again), and ``raw``, a loop
 of bare ``os.write`` of one frame to each socket (the floor: the system calls alone).
 Every connection must get every message exactly once: otherwise the exit status is 1.
+With Redis, it also reports each worker's Redis traffic per broadcast (pub/sub messages
+its subscribers received, and the bytes on its connections to Redis, from ``ss``) and
+each Redis node's.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 import struct
@@ -47,7 +55,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers import RedisServer  # noqa: E402
+from tests.helpers import RedisCluster, RedisServer  # noqa: E402
 
 #: Connections opened at the same time.
 CONNECT_BATCH = 200
@@ -70,6 +78,13 @@ GREENLET_SPARE = 100
 METHODS = ("broadcast", "naive", "raw")
 #: Message size up to which one os.write to an idle loopback socket takes it all.
 RAW_LIMIT = 65536
+#: The brokers: how many uWSGI instances, and which Redis.
+BROKERS = {
+    "local": (1, None),
+    "redis": (1, "server"),
+    "redis-2": (2, "server"),
+    "cluster-2": (2, "cluster"),
+}
 _seq = struct.Struct("!Q")
 
 
@@ -187,10 +202,11 @@ async def http_get(port: int, path: str) -> bytes:
 class Client:
     """The receiving connections, and the rounds run over them."""
 
-    def __init__(self, port: int) -> None:
-        """Talk to the app on ``port``."""
-        self.port = port
-        self.url = f"ws://{HOST}:{port}/fanout"
+    def __init__(self, ports: list[int]) -> None:
+        """Talk to the app on ``ports`` (the connections alternate; the first broadcasts)."""
+        self.ports = ports
+        self.port = ports[0]
+        self.urls = [f"ws://{HOST}:{port}/fanout" for port in ports]
         self.tracker = Tracker()
         self.receivers: list[Receiver] = []
         self.next_seq = 0
@@ -200,10 +216,12 @@ class Client:
         start = time.monotonic()
         while len(self.receivers) < count:
             batch = min(CONNECT_BATCH, count - len(self.receivers))
+            first = len(self.receivers)
             opened = await asyncio.gather(
-                *(ws_connect(lambda: Receiver(self.tracker), self.url) for _ in range(batch)),
+                *(ws_connect(lambda: Receiver(self.tracker), self.url_of(first + n))
+                  for n in range(batch)),
                 return_exceptions=True,
-            )
+            )  # fmt: skip
             for result in opened:
                 if isinstance(result, BaseException):
                     raise RuntimeError(f"could not connect: {result!r}")
@@ -211,11 +229,27 @@ class Client:
                 assert isinstance(listener, Receiver)
                 self.receivers.append(listener)
         deadline = time.monotonic() + JOIN_TIMEOUT
-        while int(await http_get(self.port, "/count")) != count:
+        while sum(await self.counts()) != count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not all {count} connections joined within {JOIN_TIMEOUT} s")
             await asyncio.sleep(0.1)
         return time.monotonic() - start
+
+    def url_of(self, number: int) -> str:
+        """The URL the ``number``-th connection opens."""
+        return self.urls[number % len(self.urls)]
+
+    async def counts(self) -> list[int]:
+        """The connections in the room, on each instance."""
+        return [int(await http_get(port, "/count")) for port in self.ports]
+
+    async def redis_messages(self) -> dict[int, dict[str, int]]:
+        """Each instance's worker: its pid -> the pub/sub messages received, by type."""
+        found = {}
+        for port in self.ports:
+            answer = json.loads(await http_get(port, "/redis"))
+            found[int(answer["pid"])] = answer["received"]
+        return found
 
     async def round(self, method: str, size: int) -> Round:
         """Send one message to every connection through ``method``; wait for all of it."""
@@ -243,12 +277,14 @@ class Client:
         return round_
 
     async def server_timings(self, rounds: list[Round]) -> None:
-        """Add the worker's delivery start and end to each of ``rounds``."""
-        timings = json.loads(await http_get(self.port, "/timings"))
+        """Add the workers' delivery start (the first's) and end (the last's) to each of
+        ``rounds``."""
+        timings = [json.loads(await http_get(port, "/timings")) for port in self.ports]
         for round_ in rounds:
-            start_end = timings.get(str(round_.seq))
-            if start_end is not None:
-                round_.server["deliver_start"], round_.server["deliver_end"] = start_end
+            found = [worker[str(round_.seq)] for worker in timings if str(round_.seq) in worker]
+            if len(found) == len(timings):
+                round_.server["deliver_start"] = min(start for start, _ in found)
+                round_.server["deliver_end"] = max(end for _, end in found)
 
     async def close(self) -> None:
         """Close handshake on every connection; wait (bounded) for the server to hang up."""
@@ -305,56 +341,166 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
     return cell
 
 
+@dataclass
+class Setup:
+    """A broker's servers, as the client sees them."""
+
+    broker: str
+    ports: list[int]  # the uWSGI instances
+    methods: list[str]
+    redis_ports: list[int]  # the Redis nodes
+    client: Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Its client."""
+        self.client = Client(self.ports)
+
+
 async def run_client(
-    port: int, broker: str, conn_counts: list[int], sizes: list[int], rounds: int,
-    methods: list[str], results: list[dict[str, Any]], notes: list[str], failures: list[str],
+    setups: list[Setup], conn_counts: list[int], sizes: list[int], rounds: int,
+    results: list[dict[str, Any]], notes: list[str], failures: list[str],
 ) -> None:  # fmt: skip
-    """Every connection count, size and method on the server at ``port``; append results,
-    and every message lost, duplicated or unexpected, and every closed connection, to
-    ``failures``."""
-    client = Client(port)
+    """Every connection count, size and method on the servers of ``setups``, whose rounds
+    take turns; append results, and every message lost, duplicated or unexpected, and
+    every closed connection, to ``failures``."""
     try:
         for count in sorted(conn_counts):
-            took = await client.grow(count)
-            print(f"{broker}: {count} connections in the room ({took:.1f} s)", flush=True)
-            done: dict[tuple[str, int], list[Round]] = {}
-            for index in range(WARMUP + rounds):
-                for size in sizes:
-                    for method in methods:  # the methods take turns: same conditions
-                        round_ = await client.round(method, size)
-                        if index >= WARMUP:
-                            done.setdefault((method, size), []).append(round_)
-                        if len(round_.arrivals) != round_.expected:
-                            failures.append(
-                                f"{broker} {method} {count} x {size} B round {round_.seq}: "
-                                f"{len(round_.arrivals)} of {round_.expected} arrived"
-                            )
-                        await asyncio.sleep(GAP)
+            done: dict[tuple[str, str, int], list[Round]] = {}
+            for setup in setups:
+                took = await setup.client.grow(count)
+                print(f"{setup.broker}: {count} connections in the room ({took:.1f} s)")
+            for size in sizes:
+                before = [await Traffic.now(setup.client, setup.redis_ports) for setup in setups]
+                for index in range(WARMUP + rounds):
+                    for setup in setups:  # the brokers and methods take turns: same conditions
+                        for method in setup.methods:
+                            round_ = await setup.client.round(method, size)
+                            if index >= WARMUP:
+                                done.setdefault((setup.broker, method, size), []).append(round_)
+                            if len(round_.arrivals) != round_.expected:
+                                failures.append(
+                                    f"{setup.broker} {method} {count} x {size} B round "
+                                    f"{round_.seq}: {len(round_.arrivals)} of "
+                                    f"{round_.expected} arrived"
+                                )
+                            await asyncio.sleep(GAP)
+                for setup, then in zip(setups, before, strict=True):
+                    if setup.redis_ports:
+                        after = await Traffic.now(setup.client, setup.redis_ports)
+                        traffic = after.minus(then, WARMUP + rounds)
+                        traffic |= {"broker": setup.broker, "conns": count, "size": size}
+                        traffic["members"] = await setup.client.counts()
+                        results.append(traffic)
             await asyncio.sleep(0.5)  # late duplicates would arrive by now
-            await client.server_timings([r for rs in done.values() for r in rs])
-            for (method, size), cell_rounds in done.items():
-                cell: dict[str, Any] = {"broker": broker, "method": method}
+            for setup in setups:
+                await setup.client.server_timings(
+                    [r for key, rs in done.items() if key[0] == setup.broker for r in rs]
+                )
+            for (broker, method, size), cell_rounds in done.items():
+                cell: dict[str, Any] = {"kind": "fanout", "broker": broker, "method": method}
                 cell |= {"conns": count, "size": size}
                 cell |= summarize(cell_rounds)
                 results.append(cell)
                 last = cell.get("last", {}).get("p50")
                 shown = f"last p50 {last:.2f} ms" if last is not None else "INCOMPLETE"
-                print(f"  {method:<9} {size:>5} B: {shown}", flush=True)
+                print(f"  {broker:<9} {method:<9} {size:>5} B: {shown}", flush=True)
                 if (share := cell.get("client_cpu_share", 0.0)) > BUSY_CLIENT:
                     notes.append(
                         f"{broker} {method} {count} x {size} B: the client was busy {share:.0%} "
                         f"of the round, so 'last' is partly the client's time"
                     )
     finally:
-        tracker = client.tracker
-        if tracker.duplicates or tracker.strays:
-            failures.append(f"{broker}: {tracker.duplicates} duplicates, {tracker.strays} strays")
-        if tracker.close_codes:
-            failures.append(f"{broker}: connections closed by the server: {tracker.close_codes}")
-        failures.extend(f"{broker}: {error}" for error in tracker.errors)
-        if tracker.error_count > len(tracker.errors):
-            failures.append(f"{broker}: {tracker.error_count} anomalies in all")
-        await client.close()
+        for setup in setups:
+            broker, tracker = setup.broker, setup.client.tracker
+            if tracker.duplicates or tracker.strays:
+                failures.append(
+                    f"{broker}: {tracker.duplicates} duplicates, {tracker.strays} strays"
+                )
+            if tracker.close_codes:
+                failures.append(
+                    f"{broker}: connections closed by the server: {tracker.close_codes}"
+                )
+            failures.extend(f"{broker}: {error}" for error in tracker.errors)
+            if tracker.error_count > len(tracker.errors):
+                failures.append(f"{broker}: {tracker.error_count} anomalies in all")
+            await setup.client.close()
+
+
+class Traffic:
+    """Redis traffic so far: per worker, the pub/sub messages its subscribers received;
+    per worker and Redis node, the bytes on the worker's connections to the node (from
+    ``ss``: what this benchmark itself asks of Redis is left out)."""
+
+    def __init__(
+        self, messages: dict[int, dict[str, int]], wire: dict[tuple[int, int], tuple[int, int]]
+    ) -> None:
+        self.messages = messages
+        self.wire = wire
+
+    @classmethod
+    async def now(cls, client: Client, redis_ports: list[int]) -> Traffic:
+        """The figures now (none without Redis)."""
+        if not redis_ports:
+            return cls({}, {})
+        messages = await client.redis_messages()
+        return cls(messages, socket_bytes(set(messages), set(redis_ports)))
+
+    def minus(self, before: Traffic, rounds: int) -> dict[str, Any]:
+        """The traffic from ``before`` to this, per round (``rounds`` of them)."""
+
+        def count(received: dict[str, int], broadcasts: bool) -> int:
+            return sum(n for kind, n in received.items() if kind.endswith("message") == broadcasts)
+
+        def delta(key: tuple[int, int]) -> tuple[float, float]:
+            (rx, tx), (rx0, tx0) = self.wire[key], before.wire.get(key, (0, 0))
+            return (rx - rx0) / rounds, (tx - tx0) / rounds
+
+        workers = []
+        for number, (pid, received) in enumerate(self.messages.items()):
+            then = before.messages.get(pid, {})
+            links = [delta(key) for key in self.wire if key[0] == pid]
+            workers.append({
+                "pid": pid,
+                "instance": number + 1,
+                "messages": (count(received, True) - count(then, True)) / rounds,
+                "other": (count(received, False) - count(then, False)) / rounds,
+                "bytes_in": sum(rx for rx, _ in links),
+                "bytes_out": sum(tx for _, tx in links),
+            })  # fmt: skip
+        nodes = []
+        for port in sorted({port for _, port in self.wire}):
+            links = [delta(key) for key in self.wire if key[1] == port]
+            nodes.append({
+                "port": port,
+                "bytes_in": sum(tx for _, tx in links),  # what the workers sent it
+                "bytes_out": sum(rx for rx, _ in links),
+            })  # fmt: skip
+        return {"kind": "traffic", "rounds": rounds, "workers": workers, "nodes": nodes}
+
+
+def socket_bytes(pids: set[int], ports: set[int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """(pid, Redis port) -> bytes received and sent so far on the TCP connections of the
+    processes ``pids`` to 127.0.0.1:``ports`` (``ss -tinp``)."""
+    listing = subprocess.run(
+        ["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout
+    totals: dict[tuple[int, int], list[int]] = {}
+    owner = None
+    for line in listing.splitlines():
+        if not line[:1].isspace():  # a socket: Recv-Q Send-Q local peer users
+            fields = line.split()
+            peer = fields[3] if len(fields) > 4 else ""
+            found = re.search(r"pid=(\d+)", line)
+            pid = int(found.group(1)) if found else None
+            port = int(peer.rpartition(":")[2]) if peer.startswith(f"{HOST}:") else None
+            owner = (pid, port) if pid in pids and port in ports else None
+        elif owner is not None:  # its TCP information
+            total = totals.setdefault(owner, [0, 0])
+            for index, name in enumerate(("bytes_received", "bytes_sent")):
+                if found := re.search(rf"\b{name}:(\d+)", line):
+                    total[index] += int(found.group(1))
+            owner = None
+    return {key: (rx, tx) for key, (rx, tx) in totals.items()}
 
 
 # The servers.
@@ -368,18 +514,31 @@ def pin_all_threads(pid: int, cpu: int) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(cpu: int | None) -> Iterator[str]:
-    """A redis-server of its own, pinned to ``cpu``; yield its URL."""
+def redis_server(cpu: int | None) -> Iterator[tuple[str, list[int]]]:
+    """A redis-server of its own, pinned to ``cpu``; yield its URL and port."""
     server = RedisServer()
     try:
         server.start()
         assert server.process is not None
         if cpu is not None:
             pin_all_threads(server.process.pid, cpu)
-        yield server.url
+        yield server.url, [server.port]
     finally:
         server.stop()
         server.dir.cleanup()
+
+
+@contextlib.contextmanager
+def redis_cluster(cpu: int | None) -> Iterator[tuple[str, list[int]]]:
+    """A Redis Cluster of three masters (no replica), pinned to ``cpu``; yield its URL and
+    the nodes' ports."""
+    cluster = RedisCluster(masters=3, replicas=0)
+    with cluster:
+        for node in cluster.nodes:
+            assert node.process is not None
+            if cpu is not None:
+                pin_all_threads(node.process.pid, cpu)
+        yield cluster.url, [node.port for node in cluster.nodes]
 
 
 @contextlib.contextmanager
@@ -420,6 +579,8 @@ def table(results: list[dict[str, Any]]) -> str:
         "| client CPU |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    traffic = [r for r in results if r.get("kind") == "traffic"]
+    results = [r for r in results if r.get("kind") != "traffic"]
     for r in results:
         first, last = r.get("first", {}), r.get("last", {})
         share = r.get("client_cpu_share")
@@ -445,6 +606,16 @@ def table(results: list[dict[str, Any]]) -> str:
         ):
             cells.append(f"{a / b:.2f}" if a and b else "-")
         ratios.append(f"| {method}/broadcast | {conns:,} | {size:,} | {cells[0]} | {cells[1]} |")
+    for (broker, method, conns, size), cluster in by_key.items():
+        pair = by_key.get(("redis-2", method, conns, size))
+        if broker != "cluster-2" or pair is None:
+            continue
+        a, b = cluster.get("last", {}).get("p50"), pair.get("last", {}).get("p50")
+        c, d = cluster.get("server_loop"), pair.get("server_loop")
+        ratios.append(
+            f"| cluster-2/redis-2 | {conns:,} | {size:,} "
+            f"| {f'{a / b:.2f}' if a and b else '-'} | {f'{c / d:.2f}' if c and d else '-'} |"
+        )
     if ratios:
         rows += [
             "",
@@ -452,6 +623,35 @@ def table(results: list[dict[str, Any]]) -> str:
             "|---|--:|--:|--:|--:|",
             *ratios,
         ]
+    if traffic:
+        rows += [
+            "",
+            "Redis traffic per broadcast (warm-up rounds included), per worker:",
+            "",
+            "| broker | conns | size | instance | members | pub/sub messages | other pub/sub "
+            "| bytes in | bytes out |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for t in traffic:
+            for w in t["workers"]:
+                rows.append(
+                    f"| {t['broker']} | {t['conns']:,} | {t['size']:,} | {w['instance']} "
+                    f"| {t['members'][w['instance'] - 1]:,} | {w['messages']:.2f} "
+                    f"| {w['other']:.2f} | {w['bytes_in']:,.0f} | {w['bytes_out']:,.0f} |"
+                )
+        rows += [
+            "",
+            "and per Redis node (to and from the workers):",
+            "",
+            "| broker | conns | size | node | bytes in | bytes out |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
+        for t in traffic:
+            for number, n in enumerate(t["nodes"]):
+                rows.append(
+                    f"| {t['broker']} | {t['conns']:,} | {t['size']:,} | {number + 1} "
+                    f"| {n['bytes_in']:,.0f} | {n['bytes_out']:,.0f} |"
+                )
     return "\n".join(rows)
 
 
@@ -486,7 +686,11 @@ def main() -> int:
     parser.add_argument("--conns", default="1000,5000", help="connection counts")
     parser.add_argument("--sizes", default="64,4096", help="message sizes in bytes (>= 8)")
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds per cell")
-    parser.add_argument("--brokers", default="local,redis", help="of local, redis")
+    parser.add_argument(
+        "--brokers",
+        default="local,redis,redis-2+cluster-2",
+        help=f"of {', '.join(BROKERS)}; those joined by + run at once, their rounds in turn",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -498,11 +702,12 @@ def main() -> int:
     args = parser.parse_args()
     conn_counts: list[int] = csv_list(int, args.conns)
     sizes: list[int] = csv_list(int, args.sizes)
-    brokers: list[str] = csv_list(str, args.brokers)
+    groups: list[list[str]] = [group.split("+") for group in csv_list(str, args.brokers)]
+    brokers = [broker for group in groups for broker in group]
     methods: list[str] = csv_list(str, args.methods)
     if unknown := set(methods) - set(METHODS):
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
-    if unknown := set(brokers) - {"local", "redis"}:
+    if unknown := set(brokers) - set(BROKERS):
         parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
     if any(size < _seq.size for size in sizes):
         parser.error(f"a message carries its round number: at least {_seq.size} bytes")
@@ -519,26 +724,37 @@ def main() -> int:
     greenlets = max(conn_counts) + GREENLET_SPARE
     logdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     try:
-        for broker in brokers:
-            log = logdir / f"{broker}.log"
-            served = methods if broker == "local" else [m for m in methods if m == "broadcast"]
+        for group in groups:
+            logs: list[Path] = []
             try:
                 with contextlib.ExitStack() as stack:
-                    url = None
-                    if broker == "redis":
-                        url = stack.enter_context(redis_server(server_cpu))
-                    port = stack.enter_context(uwsgi(url, greenlets, server_cpu, log, notes))
+                    setups = []
+                    for broker in group:
+                        instances, redis_kind = BROKERS[broker]
+                        url, redis_ports = None, []
+                        if redis_kind == "server":
+                            url, redis_ports = stack.enter_context(redis_server(server_cpu))
+                        elif redis_kind == "cluster":
+                            url, redis_ports = stack.enter_context(redis_cluster(server_cpu))
+                        ports = []
+                        for number in range(instances):
+                            log = logdir / f"{broker}-{number + 1}.log"
+                            logs.append(log)
+                            server = uwsgi(url, greenlets, server_cpu, log, notes)
+                            ports.append(stack.enter_context(server))
+                        served = [m for m in methods if broker == "local" or m == "broadcast"]
+                        setups.append(Setup(broker, ports, served, redis_ports))
                     uvloop.run(
                         run_client(
-                            port, broker, conn_counts, sizes, args.rounds, served, results,
-                            notes, failures,
+                            setups, conn_counts, sizes, args.rounds, results, notes, failures
                         )
-                    )  # fmt: skip
-            except (RuntimeError, OSError) as exc:
-                failures.append(f"{broker}: {exc}")
-                print(f"{broker}: {exc}")
-            if log.exists() and (trouble := log_trouble(log)):
-                notes.append(f"{log.name}: " + " | ".join(trouble))
+                    )
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                failures.append(f"{'+'.join(group)}: {exc}")
+                print(f"{'+'.join(group)}: {exc}")
+            for log in logs:
+                if log.exists() and (trouble := log_trouble(log)):
+                    notes.append(f"{log.name}: " + " | ".join(trouble))
     except KeyboardInterrupt:
         failures.append("interrupted: the results are incomplete")
     print()
@@ -557,8 +773,9 @@ def main() -> int:
     expected = cells * sum(
         len(methods) if broker == "local" else int("broadcast" in methods) for broker in brokers
     )
-    complete = len(results) == expected and all(
-        r["complete_rounds"] == r["rounds"] for r in results
+    cells_done = [r for r in results if r.get("kind") == "fanout"]
+    complete = len(cells_done) == expected and all(
+        r["complete_rounds"] == r["rounds"] for r in cells_done
     )
     return 0 if complete and not failures else 1
 

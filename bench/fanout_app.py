@@ -11,8 +11,10 @@ Both answer ``{"start": t, "end": t}``, their ``time.monotonic()`` around the ca
 (``CLOCK_MONOTONIC``, the clock the client's ``time.monotonic()`` reads too).
 ``GET /timings`` gives, per sequence number, the monotonic times at which this worker
 began and finished delivering it (writing the frame to every recipient's socket or
-queueing it there); ``GET /count`` the connections in the room. The broker comes
-from ``FLASK_WEBSOCKET_BROKER_URL`` (in-process if unset).
+queueing it there); ``GET /count`` the connections in the room; ``GET /redis`` this
+worker's pid and the pub/sub messages its Redis subscribers have received, by type,
+counted where redis-py parses them. The broker comes from ``FLASK_WEBSOCKET_BROKER_URL``
+(in-process if unset).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import json
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import redis.client
 from flask import Flask, request
 
 from flask_uwsgi_websocket import ConnectionClosed, GeventWebSocket
@@ -59,6 +63,20 @@ def _timed_delivery(deliver: Callable[[Broadcast], None]) -> Callable[[Broadcast
 # Instrumentation only: delivery happens where it would anyway (in the hub), one call later.
 _rooms: Any = websocket.broker(app).rooms
 _rooms._deliver_now = _timed_delivery(_rooms._deliver_now)
+
+#: Pub/sub messages this process's Redis subscribers received, by type.
+received: Counter[str] = Counter()
+_handle_message = redis.client.PubSub.handle_message
+
+
+def _counted(self: redis.client.PubSub, response: Any, *args: Any, **kwargs: Any) -> Any:
+    """``PubSub.handle_message``, counting each message by its type first."""
+    if isinstance(response, list) and response and isinstance(response[0], bytes):
+        received[response[0].decode()] += 1
+    return _handle_message(self, response, *args, **kwargs)
+
+
+redis.client.PubSub.handle_message = _counted  # type: ignore[method-assign]
 
 
 @websocket.route("/fanout")
@@ -113,6 +131,12 @@ def get_timings() -> str:
 def count() -> str:
     """How many connections of this worker are in the room."""
     return str(websocket.broker(app).rooms.count(ROOM))
+
+
+@app.route("/redis")
+def redis_messages() -> str:
+    """This worker's pid and the pub/sub messages it received, by type."""
+    return json.dumps({"pid": os.getpid(), "received": received})
 
 
 @app.route("/raw")

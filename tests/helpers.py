@@ -4,7 +4,8 @@
   on free loopback ports (``tests/app.py`` in each flavour for :class:`AppServer`).
 - :class:`RoomsServer` and :class:`Member`: ``tests/app_rooms.py`` under uWSGI, and a
   client of its ``/rooms``.
-- :class:`RedisServer`: a real ``redis-server``.
+- :class:`RedisServer`: a real ``redis-server``; :class:`RedisCluster`, a Redis Cluster
+  of them; :class:`RedisSentinels`, a master, its replica and three Sentinels.
 - :class:`NginxServer` and :func:`tls_certificate`: Debian's ``nginx`` in front of them,
   with TLS from a certificate made at test time.
 - :class:`RawClient` and :func:`frame`: a raw-socket WebSocket client for the tests that
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -42,6 +44,7 @@ from flask_uwsgi_websocket.live_server import free_port, wait_for_answer
 from flask_uwsgi_websocket.testing import TestClient, TestConnection, UpgradeRefused
 
 if TYPE_CHECKING:
+    from redis import Redis
     from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,21 +71,40 @@ class ServerProcess:
         port: int,
         cwd: str | Path = ROOT,
         env: dict[str, str] | None = None,
+        netns: Netns | None = None,
     ) -> None:
         self.args = list(args)
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.url = f"ws://{self.address}"
+        #: The network namespace it runs in (its 127.0.0.1), if not this process's.
+        self.netns = netns
         self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env
-        )
+            netns.command(self.args) if netns else self.args,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(cwd), env=env,
+        )  # fmt: skip
         self.pid = self.process.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A TCP connection to it (from its network namespace)."""
+        if self.netns is not None:
+            return self.netns.connect("127.0.0.1", self.port, timeout)
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the app answers HTTP (so the worker has loaded it)."""
         request = b"GET /__ready__ HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        wait_for_answer(self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output)
+        if self.netns is None:
+            wait_for_answer(
+                self.process, self.port, request, b"HTTP/", timeout, "uWSGI", self.output
+            )
+            return
+        deadline = time.monotonic() + timeout
+        while not answers(self.connect, request, b"HTTP/"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uWSGI did not answer in {self.netns}:\n{self.output()}")
+            time.sleep(0.05)
 
     def output(self) -> str:
         """What the server has logged so far."""
@@ -139,6 +161,7 @@ class UwsgiServer(ServerProcess):
         env: dict[str, str] | None = None,
         cwd: str | Path = ROOT,
         port: int | None = None,
+        netns: Netns | None = None,
     ) -> None:
         port = port or free_port()
         address = f"127.0.0.1:{port}"
@@ -154,7 +177,7 @@ class UwsgiServer(ServerProcess):
             UWSGI, "--master", *listen, "--virtualenv", sys.prefix, "--pythonpath", str(ROOT),
             "--need-app", *app_args, *extra_args,
         ]  # fmt: skip
-        super().__init__(args, port, cwd, {**os.environ, **(env or {})})
+        super().__init__(args, port, cwd, {**os.environ, **(env or {})}, netns)
 
 
 APP_MODULES = {"asyncio": "tests.app_asyncio:app"}
@@ -203,21 +226,24 @@ class RoomsServer(UwsgiServer):
         channel: str = "tests",
         extra_args: tuple[str, ...] = (),
         mode: str = "http",
+        netns: Netns | None = None,
     ) -> None:
         env = {"TEST_FLAVOUR": flavour}
         if broker is not None:
             env["FLASK_WEBSOCKET_BROKER_URL"] = broker
             env["FLASK_WEBSOCKET_BROKER_CHANNEL"] = channel
         super().__init__(
-            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env
-        )
+            ["--module", "tests.app_rooms:app", *FLAVOUR_ARGS[flavour]], extra_args, mode, env,
+            netns=netns,
+        )  # fmt: skip
 
     def http(self, path: str, **query: Any) -> str:
         """The body of ``GET path?query``."""
-        url = f"http://{self.address}{path}"
         if query:
-            url += "?" + urllib.parse.urlencode(query, doseq=True)
-        with urllib.request.urlopen(url, timeout=30) as response:
+            path += "?" + urllib.parse.urlencode(query, doseq=True)
+        if self.netns is not None:  # urllib cannot go into another network namespace
+            return http_get(self.connect(30), path)
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=30) as response:
             body: bytes = response.read()
         return body.decode()
 
@@ -226,6 +252,8 @@ class Member:
     """A ``websockets`` client of ``/rooms``."""
 
     def __init__(self, server: RoomsServer, path: str = "/rooms", **options: Any) -> None:
+        if server.netns is not None:
+            options["sock"] = server.connect()
         self.ws: ClientConnection = connect(
             f"{server.url}{path}", open_timeout=10, **options
         ).__enter__()  # closed by close()
@@ -264,24 +292,60 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1 with no persistence; :meth:`kill` and :meth:`start`
-    again on the same port simulate an outage."""
+    """``redis-server`` on 127.0.0.1 with no persistence (and ``args`` more); :meth:`kill`
+    and :meth:`start` again on the same port simulate an outage."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        netns: Netns | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.address = f"{host}:{self.port}"
+        self.url = f"redis://{self.address}/0"
+        self.args = list(args)
+        #: The network namespace it runs in, where it listens on 127.0.0.1 and ``host``.
+        self.netns = netns
+        self.host = host
         self.dir = tempfile.TemporaryDirectory(prefix="redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """The command line that starts it."""
+        hosts = dict.fromkeys(["127.0.0.1", self.host])
+        # Without a password, protected mode refuses clients from other hosts.
+        protected = "yes" if len(hosts) == 1 else "no"
+        return [
+            redis_binary(), "--port", str(self.port), "--bind", *hosts, "--save", "",
+            "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning",
+            "--protected-mode", protected, *self.args,
+        ]  # fmt: skip
+
     def start(self, timeout: float = 10.0) -> None:
         """Start it and wait until it answers ``PING``."""
+        command = self.command()
         self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name, "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.netns.command(command) if self.netns else command,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis-server")
+        if self.netns is None:
+            wait_for_answer(self.process, self.port, b"PING\r\n", b"+PONG", timeout, "redis")
+            return
+        netns = self.netns
+        deadline = time.monotonic() + timeout
+        while not answers(lambda: netns.connect("127.0.0.1", self.port, 1), b"PING\r\n", b"+PONG"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer in {netns}")
+            time.sleep(0.05)
+
+    def client(self) -> Redis:
+        """A client of it (not for one in another network namespace)."""
+        from redis import Redis
+
+        assert self.netns is None, "a client of this process cannot reach it"
+        return Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
 
     def kill(self) -> None:
         """Kill it at once (SIGKILL), as a crash would."""
@@ -305,6 +369,312 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.dir.cleanup()
+
+
+#: A master sends its data to a new replica at once, not after 5 s (waiting for others).
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
+
+
+class RedisCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters`` masters, each with ``replicas`` replicas
+    (``redis-cli --cluster create ... --cluster-replicas 1``). Nodes that stop answering
+    for 1 s fail (``cluster-node-timeout``), so a replica takes over in a few seconds."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.replicas = replicas
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms), *NO_SYNC_DELAY]  # fmt: skip
+        # The bus port too: by default the port + 10000, which may be taken or too high.
+        self.nodes = [
+            RedisServer(args=[*args, "--cluster-port", str(free_port())])
+            for _ in range((1 + replicas) * masters)
+        ]
+        self.url = "redis+cluster://" + ",".join(node.address for node in self.nodes[:masters])
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the nodes, make them a cluster, and wait until every node is online."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        wait_for(self._whole, timeout=timeout)
+
+    def _whole(self) -> bool:
+        # A replica counts as "loading" until the replication offset moves (a ping every
+        # 10 s): its link to the master tells sooner that it is in sync.
+        nodes = [node for shard in self.shards() for node in shard["nodes"]]
+        replicas = [self.node(n["port"]) for n in nodes if n["role"] == "replica"]
+        return (
+            len(nodes) == len(self.nodes)
+            and all(n["health"] == "online" for n in nodes if n["role"] == "master")
+            and all(r.client().info("replication")["master_link_status"] == "up" for r in replicas)
+        )
+
+    def node(self, port: int) -> RedisServer:
+        """The node on ``port``."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def shards(self) -> list[dict[str, Any]]:
+        """``CLUSTER SHARDS`` (with ``str`` keys and roles) of a node that answers; the
+        shards that serve slots."""
+        from redis import RedisError
+
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                answer = node.client().execute_command("CLUSTER SHARDS")
+            except RedisError:
+                continue
+            shards = []
+            for shard in answer:
+                nodes = [{key.decode(): value.decode() if isinstance(value, bytes) else value
+                          for key, value in item.items()} for item in shard[b"nodes"]]  # fmt: skip
+                if shard[b"slots"]:
+                    shards.append({"slots": list(shard[b"slots"]), "nodes": nodes})
+            return shards
+        raise AssertionError("no node of the cluster answers")
+
+    def master_of(self, channel: str) -> RedisServer:
+        """The master of the shard that serves ``channel``."""
+        from redis.crc import key_slot
+
+        return self.master_of_slot(key_slot(channel.encode()))
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The master of the shard that serves ``slot``."""
+        for shard in self.shards():
+            bounds = shard["slots"]
+            if any(a <= slot <= b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
+                master = next(n for n in shard["nodes"] if n["role"] == "master")
+                return self.node(master["port"])
+        raise AssertionError(f"no shard serves slot {slot}")
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Give ``slot`` (with no key in it) to the shard of the master ``to``, as
+        ``redis-cli --cluster reshard`` does, and wait until every node knows."""
+        source = self.master_of_slot(slot)
+        ids = {node.port: node.client().execute_command("CLUSTER MYID").decode()
+               for node in (source, to)}  # fmt: skip
+        to.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
+        source.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to.port])
+        for master in (to, source, *self.masters()):
+            master.client().execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to.port])
+        wait_for(lambda: all(
+            self.owner(node, slot) == ids[to.port] for node in self.nodes
+            if node.process is not None and node.process.poll() is None
+        ))  # fmt: skip
+
+    @staticmethod
+    def owner(node: RedisServer, slot: int) -> str:
+        """The id of the master of ``slot``, as ``node`` knows it."""
+        for first, last, master, *_ in node.client().execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                return str(master[2].decode())
+        return ""
+
+    def masters(self) -> list[RedisServer]:
+        """The masters, one per shard."""
+        return [
+            self.node(next(n["port"] for n in shard["nodes"] if n["role"] == "master"))
+            for shard in self.shards()
+        ]
+
+    def stop(self) -> None:
+        """Stop every node and remove their files."""
+        for node in self.nodes:
+            node.stop()
+            node.dir.cleanup()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+SENTINEL_CONF = """\
+port {port}
+bind 127.0.0.1
+dir {dir}
+sentinel monitor {service} 127.0.0.1 {master} 2
+sentinel down-after-milliseconds {service} 500
+sentinel failover-timeout {service} 5000
+"""
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel on 127.0.0.1 that watches the master on ``master_port`` as ``service``."""
+
+    def __init__(self, service: str, master_port: int) -> None:
+        super().__init__()
+        self.conf = Path(self.dir.name) / "sentinel.conf"
+        self.conf.write_text(SENTINEL_CONF.format(
+            port=self.port, dir=self.dir.name, service=service, master=master_port
+        ))  # fmt: skip
+
+    def command(self) -> list[str]:
+        """``redis-server sentinel.conf --sentinel``."""
+        return [redis_binary(), str(self.conf), "--sentinel"]
+
+
+class RedisSentinels:
+    """A master and its replica on 127.0.0.1, watched as ``service`` by three Sentinels
+    (quorum 2); a master that does not answer for 0.5 s is down, and the Sentinels
+    promote the replica."""
+
+    def __init__(self, service: str = "tests") -> None:
+        self.service = service
+        self.master = RedisServer(args=NO_SYNC_DELAY)
+        self.replica = RedisServer(args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinels = [RedisSentinel(service, self.master.port) for _ in range(3)]
+        addresses = ",".join(sentinel.address for sentinel in self.sentinels)
+        self.url = f"redis+sentinel://{addresses}/{service}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start them; wait until the replica is in sync and every Sentinel knows the
+        replica and the two other Sentinels (they must, to agree on a failover)."""
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self._ready, timeout=timeout)
+
+    def _ready(self) -> bool:
+        info = self.replica.client().info("replication")
+        if info.get("master_link_status") != "up":
+            return False
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            if len(client.sentinel_slaves(self.service)) != 1:
+                return False
+            if len(client.sentinel_sentinels(self.service)) != 2:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The port of the master, as the first Sentinel that answers says."""
+        for sentinel in self.sentinels:
+            try:
+                return int(sentinel.client().sentinel_get_master_addr_by_name(self.service)[1])
+            except Exception:
+                continue
+        raise AssertionError("no Sentinel answers")
+
+    def stop(self) -> None:
+        """Stop them all and remove their files."""
+        for server in (*self.sentinels, self.master, self.replica):
+            server.stop()
+            server.dir.cleanup()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NetnsRefused(Exception):
+    """This machine does not let the tests make network namespaces."""
+
+
+class Netns:
+    """A network namespace the test makes (``ip netns add``), with its loopback up, as a
+    host of its own: :meth:`command` runs a program in it, :meth:`connect` opens a TCP
+    connection from it, :meth:`ip` configures it. :meth:`close` removes it (its
+    interfaces go with it). ``NetnsRefused`` if the system does not allow it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NetnsRefused(f"`ip netns add {name}` failed ({done.returncode}): {done.stderr}")
+        self.ip("link", "set", "lo", "up")
+
+    def __str__(self) -> str:
+        return f"network namespace {self.name}"
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        """``args`` run in the namespace (``ip netns exec`` execs it: same process)."""
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def ip(self, *args: str) -> None:
+        """``ip -n <name> ARGS``; ``CalledProcessError`` if it fails."""
+        subprocess.run(["ip", "-n", self.name, *args], check=True, capture_output=True)
+
+    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection to ``host:port`` made from the namespace (a socket stays in
+        the namespace it was made in: a thread enters it, makes it, and ends)."""
+        made: list[socket.socket] = []
+        failed: list[BaseException] = []
+
+        def inside() -> None:
+            try:
+                with open(f"/run/netns/{self.name}") as handle:
+                    setns(handle.fileno())
+                made.append(socket.create_connection((host, port), timeout=timeout))
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return made[0]
+
+    def close(self) -> None:
+        """Remove the namespace."""
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def setns(fd: int) -> None:
+    """Move this thread into the network namespace ``fd`` refers to."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def answers(connect: Any, request: bytes, answer: bytes) -> bool:
+    """Whether a connection from ``connect()`` gets ``answer`` first to ``request``."""
+    try:
+        with connect() as sock:
+            sock.settimeout(1)
+            sock.sendall(request)
+            return bool(sock.recv(64).startswith(answer))
+    except OSError:
+        return False
+
+
+def http_get(sock: socket.socket, path: str) -> str:
+    """The body of ``GET path`` (HTTP/1.0) over ``sock``, which it closes; an error
+    unless the status is 200."""
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise RuntimeError(f"GET {path}: {head[:80]!r}")
+    return body.decode()
 
 
 def tls_certificate(directory: Path) -> tuple[Path, Path]:

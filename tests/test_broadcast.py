@@ -456,6 +456,27 @@ def test_the_broker_comes_from_the_argument_or_the_config() -> None:
         WebSocket(app)
 
 
+def test_sentinel_and_cluster_urls() -> None:
+    from flask_uwsgi_websocket.broadcast.brokers import RedisBroker
+    from flask_uwsgi_websocket.broadcast.servers import Cluster, Hosts, SentinelMaster
+
+    sentinel = SentinelMaster("redis+sentinel://u:p%40ss@h1:1,h2,[::1]:3/svc/2")
+    assert sentinel.hosts == Hosts([("h1", 1), ("h2", 26379), ("::1", 3)], "u", "p@ss", "svc/2")
+    assert (sentinel.service, sentinel.db) == ("svc", 2)
+    assert sentinel.name == "redis+sentinel://h1:1,h2,[::1]:3/svc/2"
+    cluster = Cluster("redis+cluster://:secret@10.0.0.1:7000,10.0.0.2/")
+    assert cluster.hosts == Hosts([("10.0.0.1", 7000), ("10.0.0.2", 6379)], None, "secret", "")
+    assert "secret" not in repr(RedisBroker("redis+cluster://:secret@h:1"))
+    for url, error in (
+        ("redis+sentinel://h:1", "no service name"),
+        ("redis+sentinel://h:1/svc/x", "bad database number"),
+        ("redis+cluster://", "no host"),
+        ("redis+cluster://:pw@h:port", "bad port in 'redis\\+cluster://h:port'"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            RedisBroker(url)
+
+
 def test_broadcast_needs_to_know_the_app() -> None:
     from flask import Flask
 
