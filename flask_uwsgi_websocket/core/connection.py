@@ -16,7 +16,10 @@ through the protocol's generator-based parser, which costs about 10 µs per
 frame. Every other frame -- control frames, fragments, reserved bits, bad
 opcodes or masking, oversized lengths -- is fed to the protocol whole, so
 the protocol always sits at a frame boundary and applies every check of the
-RFC. Outgoing data frames are likewise serialized here (a 2 to 10 byte
+RFC; a frame whose header alone the protocol refuses (a bad opcode or
+masking, a length over the limit) is fed as soon as the header is in, and
+fails the connection at once. ``tests/test_core_fuzz.py`` checks that the
+two ways agree. Outgoing data frames are likewise serialized here (a 2 to 10 byte
 header) when no compression was agreed; compressed frames and control frames
 go through the protocol, with its permessage-deflate extension.
 
@@ -64,6 +67,8 @@ READ_SIZE = 65536
 LINGER = 0.1
 # Above this size a payload is written after its header rather than copied behind it.
 COPY_LIMIT = 16384
+#: The opcodes of RFC 6455; the protocol refuses any other from a frame's first byte.
+OPCODES = frozenset(int(opcode) for opcode in Opcode)
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -252,7 +257,14 @@ class Connection:
                 self._after_protocol()
                 break
             header = read_header(view, pos, end)
-            if header is None:
+            if header is None or header[0] + header[1] > end:
+                # Incomplete: wait for the rest, unless the protocol refuses the frame
+                # from its header alone; then it fails now, as it would on its own.
+                length = None if header is None else header[1]
+                if self._refused_early(view[pos], view[pos + 1], length):
+                    protocol.receive_data(view[pos:])
+                    pos = end
+                    self._after_protocol()
                 break
             start, length = header
             if max_size is not None and length > max_size:
@@ -262,8 +274,6 @@ class Connection:
                 self._after_protocol()
                 break
             stop = start + length
-            if stop > end:
-                break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
             # RSV bits clear: not compressed, so permessage-deflate, the one extension
@@ -296,11 +306,29 @@ class Connection:
         else:
             self._inbuf = bytearray(view[pos:])
 
+    def _refused_early(self, b0: int, b1: int, length: int | None) -> bool:
+        """Whether the protocol refuses a frame from its header, before its payload (of
+        ``length`` bytes, ``None`` while unknown): an unknown opcode, no mask, or a data
+        frame over what ``max_message_size`` leaves of a fragmented message."""
+        if b0 & 0x0F not in OPCODES or not b1 & 0x80:
+            return True
+        if length is None or self._max_size is None:
+            return False
+        # A close frame ends a fragmented message (see _receive): it has the whole limit.
+        received = 0 if b0 & 0x0F == Opcode.CLOSE else self.protocol.current_size or 0
+        return length > self._max_size - received
+
     def _receive_eof(self) -> None:
         self._eof_received = True
         self._inbuf.clear()
         self.protocol.receive_eof()
         self._after_protocol()
+        if self._linger_timer is not None:
+            # The peer has finished sending: nothing more can arrive to be refused with
+            # a reset, so the half-close need not wait for LINGER.
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._half_close()
 
     def _after_protocol(self) -> None:
         """Act on the protocol's events, then send what it has to send."""
