@@ -249,12 +249,15 @@ class Connection:
         pos = 0
         max_size = self._max_size
         messages = self._messages
-        while end - pos >= 2:
+        while pos < end:
             if protocol.state is not OPEN:
-                # Failed or closing: the protocol discards or checks the rest.
+                # Failed or closing: the protocol discards or checks the rest, down to
+                # the last byte (the end of the peer's close frame may come alone).
                 protocol.receive_data(view[pos:])
                 pos = end
                 self._after_protocol()
+                break
+            if end - pos < 2:
                 break
             header = read_header(view, pos, end)
             if header is None or header[0] + header[1] > end:
