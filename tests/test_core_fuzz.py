@@ -570,6 +570,10 @@ CLOSING = ((0, Action("close", "", 1000)),)  # the server starts the closing han
 @example(Case(frames=(Wire(PING, masked=False),), eof=True))
 # Closing, the last byte of a frame read alone waited for more data.
 @example(Case(frames=(Wire(TEXT),), edges=((0, -1),), actions=CLOSING))
+# Closing, invalid UTF-8 did not fail the connection: frames after it were answered
+# (a pong, the peer's close frame) and the TCP connection was not closed.
+@example(Case(frames=(Wire(TEXT, b"\xff"), Wire(PING, b"after")), actions=CLOSING))
+@example(Case(frames=(Wire(TEXT, b"\xff"), Wire(CLOSE, b"\x03\xe8")), actions=CLOSING))
 def test_core_agrees_with_websockets(case: Case) -> None:
     run(case)
 

@@ -250,9 +250,10 @@ class Connection:
         max_size = self._max_size
         messages = self._messages
         while pos < end:
-            if protocol.state is not OPEN:
-                # Failed or closing: the protocol discards or checks the rest, down to
-                # the last byte (the end of the peer's close frame may come alone).
+            if protocol.state is not OPEN and protocol.eof_sent:
+                # Failed, or the peer's close came: the protocol discards the rest, down
+                # to the last byte. (Closing since our close frame, it still reads frames:
+                # one at a time below, so that none is answered after a bad one.)
                 protocol.receive_data(view[pos:])
                 pos = end
                 self._after_protocol()
@@ -560,7 +561,9 @@ class Connection:
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455, section 7.1.7) with ``code``. With the lock held."""
         self._failed = True
-        if self.protocol.state is OPEN:
+        if self.protocol.state is not CLOSED:
+            # Closing since our close frame: no second close frame, but the rest is
+            # discarded and the TCP connection closed all the same.
             self.protocol.fail(code, reason)
             self._flush_protocol()
             self._start_close_timer()
