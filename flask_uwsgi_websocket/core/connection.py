@@ -126,7 +126,7 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._messages: deque[Message] = deque()
-        self._parts: list[Any] = []  # the fragments of a message being received
+        self._fragments = bytearray()  # the fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
         self._out: deque[bytes | bytearray | memoryview] = deque()
         self._out_size = 0
@@ -298,7 +298,7 @@ class Connection:
                     # RFC 6455 allows a close frame between fragments: the unfinished
                     # message is dropped and the close answered (websockets says 1002).
                     protocol.current_size = None
-                    self._parts = []
+                    self._fragments = bytearray()
                 protocol.receive_data(view[pos:stop])
                 self._after_protocol()
             pos = stop
@@ -348,23 +348,34 @@ class Connection:
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
             if self._failed:
                 return  # the rest of a batch that failed is not delivered
+            data = frame.data
             if opcode is not Opcode.CONT:
-                self._parts = []
                 self._decoder = _utf8_decoder() if opcode is Opcode.TEXT else None
-            try:
-                if self._decoder is not None:
-                    self._parts.append(self._decoder.decode(frame.data, frame.fin))
-                else:
-                    self._parts.append(frame.data)
-            except UnicodeDecodeError as exc:
-                self.fail(1007, f"invalid UTF-8: {exc.reason}")
-                return
+                if frame.fin:  # a whole message (a compressed one, say)
+                    if self._decoder is None:
+                        self._messages.append(bytes(data))
+                        return
+                    try:
+                        self._messages.append(str(data, "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
+                    return
+                self._fragments = bytearray()
+            # One buffer, not a list of pieces: a message costs its size however finely it
+            # is cut (empty fragments cost nothing), so max_message_size bounds its memory.
+            self._fragments += data
+            if self._decoder is not None:
+                try:
+                    self._decoder.decode(data, frame.fin)  # checked as each fragment comes
+                except UnicodeDecodeError as exc:
+                    self.fail(1007, f"invalid UTF-8: {exc.reason}")
+                    return
             if frame.fin:
-                parts, self._parts = self._parts, []
+                fragments, self._fragments = self._fragments, bytearray()
                 if self._decoder is not None:
-                    self._messages.append("".join(parts))
+                    self._messages.append(fragments.decode())
                 else:
-                    self._messages.append(bytes(parts[0]) if len(parts) == 1 else b"".join(parts))
+                    self._messages.append(bytes(fragments))
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and frame.data == self._ping_payload:
                 self._ping_payload = None
