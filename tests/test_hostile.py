@@ -22,6 +22,11 @@ What each attack gets:
 - fragments forever (each below ``max_message_size``, the message growing): 1009 once the
   message passes ``max_message_size``; empty or one-byte fragments cost no more memory
   than the message they make;
+- a ping flood from a peer that never reads: the pongs wait in the connection's output;
+  past ``write_limit`` the server stops reading (so the flood stops at TCP's flow control
+  and memory is bounded), and the keepalive ping, stuck behind them, times out: the
+  connection is dropped after ``ping_interval + ping_timeout`` (its 1011 close frame never
+  reaches a peer that does not read).
 """
 
 from __future__ import annotations
@@ -247,4 +252,35 @@ def test_tiny_fragments_forever(server: AppServer) -> None:
         assert grown < 2048
         raw.send(frame(CONT, b"!"))
         assert raw.recv_data() == (TEXT, b"y" * 200_000 + b"!")
+        raw.close()
+
+
+def test_ping_flood_from_a_peer_that_never_reads(server: AppServer) -> None:
+    pid = worker_pid(server)
+    server.http("/events", "DELETE")
+    with attack(server):
+        rss = rss_kib(pid)
+        raw = RawClient(server.address, "/keepalive-echo")  # ping 0.3 s, pong timeout 0.6 s
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.sock.settimeout(0.5)
+        ping = frame(PING, b"p" * 125) * 500
+        sent = 0
+        peak = rss
+        with contextlib.suppress(TimeoutError, OSError):  # blocked: the server stopped reading
+            while sent < 200 * 2**20:
+                raw.sock.sendall(ping)
+                sent += len(ping)
+                peak = max(peak, rss_kib(pid))
+        print(f"flood: {sent} bytes sent before blocking; rss {rss} -> peak {peak} KiB")
+        assert sent < 64 * 2**20  # the server stopped reading: TCP flow control
+        assert peak - rss < 16 * 1024  # write_limit (1 MiB) and change
+        # The keepalive ping sits behind the pongs: it times out, the server drops the peer
+        # although the peer keeps its end open.
+        fds = fd_count(pid)
+        wait_for(lambda: fd_count(pid) < fds, timeout=5)
+        # Its handler ended: ConnectionClosed, 1006 (no close frame reaches a peer that
+        # does not read: the 1011 close frame waits behind the pongs when it goes).
+        assert wait_for(lambda: server.events("keepalive-echo")) == [
+            {"route": "keepalive-echo", "code": 1006}
+        ]
         raw.close()

@@ -625,9 +625,12 @@ class Connection:
             self._pong_timer = None
             if self._ping_payload is None or self.protocol.state is not OPEN:
                 return
-            if not self._reading:
-                # We stopped reading (the handler does not keep up): the pong may
-                # be waiting in the socket. Not the peer's fault: look again later.
+            if not self._reading and self._out_size <= self.options.write_limit:
+                # We stopped reading because the handler does not keep up (max_queue):
+                # the pong may be waiting in the socket. Not the peer's fault: look again
+                # later. Stopped because the peer does not read what we send (write_limit),
+                # our ping waits behind it: the peer's fault, as with a peer that floods
+                # pings and never reads the pongs.
                 assert self.options.ping_timeout is not None
                 self._pong_timer = self.reactor.call_later(
                     self.options.ping_timeout, self._on_pong_timeout
