@@ -49,7 +49,7 @@ import select
 import socket
 from typing import Any
 
-from hypothesis import example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from websockets.extensions.base import Extension
 from websockets.frames import Frame, Opcode
@@ -226,10 +226,10 @@ class Oracle:
         if not data:
             return
         self.protocol.receive_data(bytes(data))
-        for event in self.protocol.events_received():
-            assert isinstance(event, Frame)
-            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                self._assemble(event)
+        for frame in self.protocol.events_received():
+            assert isinstance(frame, Frame)
+            if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                self._assemble(frame)
         self._flush()
 
     def _assemble(self, frame: Frame) -> None:
@@ -387,6 +387,11 @@ def drive(case: Case, h: Harness, oracle: Oracle, extensions: list[Extension]) -
     assert h.messages() == oracle.messages  # str and bytes never compare equal: types too
     assert h.connection.close_code == oracle.close_code
     agree()
+    # What the examples covered (--hypothesis-show-statistics).
+    sent = oracle.protocol.close_sent
+    event(f"server's close frame: {sent.code if sent else None}")
+    event(f"messages: {min(len(oracle.messages), 3)}{'+' if len(oracle.messages) >= 3 else ''}")
+    event(f"reads: {'1' if len(chunks) == 1 else '2-9' if len(chunks) < 10 else '10+'}")
 
 
 def act(h: Harness, action: Action) -> None:
@@ -438,8 +443,8 @@ def styled(draw: st.DrawFn, opcode: int, payload: bytes, fin: bool, compress: bo
         opcode,
         payload,
         fin=fin,
-        rsv=draw(st.sampled_from([RSV1, RSV2, RSV3])) if draw(rarely(25)) else 0,
-        masked=not draw(rarely(25)),
+        rsv=draw(st.sampled_from([RSV1, RSV2, RSV3])) if draw(rarely(60)) else 0,
+        masked=not draw(rarely(60)),
         width=draw(st.sampled_from([0, 0, 0, 2, 8])),
         key=draw(st.binary(min_size=4, max_size=4)),
         compress=compress,
@@ -449,7 +454,7 @@ def styled(draw: st.DrawFn, opcode: int, payload: bytes, fin: bool, compress: bo
 @st.composite
 def controls(draw: st.DrawFn) -> Wire:
     """A ping, a pong or a close frame; rarely a wrong one."""
-    opcode = draw(st.sampled_from([PING, PING, PONG, CLOSE]))
+    opcode = draw(st.sampled_from([PING, PING, PING, PONG, PONG, CLOSE]))
     if opcode == CLOSE:
         kind = draw(st.sampled_from(["code", "code", "code", "empty", "one-byte"]))
         if kind == "empty":
@@ -463,9 +468,9 @@ def controls(draw: st.DrawFn) -> Wire:
             payload = draw(st.sampled_from(CLOSE_CODES)).to_bytes(2, "big") + reason
     else:
         payload = draw(st.binary(max_size=125))
-    if draw(rarely(25)):
+    if draw(rarely(40)):
         payload = payload.ljust(126 + draw(st.integers(0, 4)), b"!")  # too long
-    return draw(styled(opcode, payload, not draw(rarely(25)), False))
+    return draw(styled(opcode, payload, not draw(rarely(40)), False))
 
 
 @st.composite
@@ -502,6 +507,17 @@ def oddities(draw: st.DrawFn) -> list[Wire]:
 
 
 @st.composite
+def frame_units(draw: st.DrawFn, compressed: bool) -> list[Wire]:
+    """Mostly messages, some control frames, an oddity now and then."""
+    pick = draw(st.integers(0, 11))
+    if pick < 8:
+        return draw(messages(compressed))
+    if pick < 11:
+        return [draw(controls())]
+    return draw(oddities())
+
+
+@st.composite
 def actions(draw: st.DrawFn) -> Action:
     kind = draw(st.sampled_from(["send", "send", "ping", "close"]))
     if kind == "send":
@@ -520,13 +536,7 @@ def cases(draw: st.DrawFn) -> Case:
     compressed = draw(st.booleans())
     units = draw(
         st.lists(
-            st.one_of(
-                messages(compressed),
-                messages(compressed),
-                messages(compressed),
-                controls().map(lambda c: [c]),
-                oddities(),
-            ),
+            frame_units(compressed),
             min_size=1,
             max_size=8,
         )
