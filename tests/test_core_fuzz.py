@@ -55,10 +55,11 @@ from websockets.extensions.base import Extension
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
 
+from flask_uwsgi_websocket.core.connection import LINGER, READ_SIZE
+
 from .helpers import BINARY, CLOSE, CONT, PING, PONG, TEXT
 from .test_core import Harness, deflate, options
 
-READ = 65536  # the core's READ_SIZE: a chunk up to this size is one read
 RSV1, RSV2, RSV3 = 4, 2, 1
 quiet = logging.getLogger("test_core_fuzz.oracle")
 quiet.setLevel(logging.CRITICAL)
@@ -341,9 +342,9 @@ def drive(case: Case, h: Harness, oracle: Oracle, extensions: list[Extension]) -
     chunks = []
     start = 0
     for cut in cuts:
-        while cut - start > READ:
-            chunks.append(stream[start : start + READ])
-            start += READ
+        while cut - start > READ_SIZE:  # a chunk up to READ_SIZE is one read
+            chunks.append(stream[start : start + READ_SIZE])
+            start += READ_SIZE
         chunks.append(stream[start:cut])
         start = cut
     actions: dict[int, list[Action]] = {}
@@ -379,6 +380,8 @@ def drive(case: Case, h: Harness, oracle: Oracle, extensions: list[Extension]) -
     h.run_until(lambda: h.connection.buffered == 0 or h.peer.eof)
     if oracle.eof_sent:
         h.run_until(lambda: h.peer.eof)  # after LINGER when failing
+    elif h.reactor.pending_timers:
+        h.reactor.run_for(2 * LINGER)  # no half-close on its way either
     h.peer.pump()
     assert h.peer.eof == oracle.eof_sent
     assert normalised(server_frames(h.peer.received), oracle) == normalised(
