@@ -249,35 +249,31 @@ class Connection:
         pos = 0
         max_size = self._max_size
         messages = self._messages
-        while pos < end:
+        while end - pos >= 2:
             if protocol.state is not OPEN and protocol.eof_sent:
-                # Failed, or the peer's close came: the protocol discards the rest, down
-                # to the last byte. (Closing since our close frame, it still reads frames:
-                # one at a time below, so that none is answered after a bad one.)
-                protocol.receive_data(view[pos:])
-                pos = end
-                self._after_protocol()
-                break
-            if end - pos < 2:
+                # Failed, or the peer's close came: the protocol discards the rest.
+                # (Closing since our close frame, it still reads frames: one at a time
+                # below, so that none is answered after a bad one.)
+                pos = self._feed_rest(view, pos)
                 break
             header = read_header(view, pos, end)
-            if header is None or header[0] + header[1] > end:
-                # Incomplete: wait for the rest, unless the protocol refuses the frame
-                # from its header alone; then it fails now, as it would on its own.
-                length = None if header is None else header[1]
-                if self._refused_early(view[pos], view[pos + 1], length):
-                    protocol.receive_data(view[pos:])
-                    pos = end
-                    self._after_protocol()
+            if header is None:
+                # The length is not all in; the first two bytes may be refused already.
+                if self._refused_early(view[pos], view[pos + 1], None):
+                    pos = self._feed_rest(view, pos)
                 break
             start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
-                protocol.receive_data(view[pos:])
-                pos = end
-                self._after_protocol()
+                pos = self._feed_rest(view, pos)
                 break
             stop = start + length
+            if stop > end:
+                # Incomplete: wait for the rest, unless the protocol refuses the frame
+                # from its header alone; then it fails now, as it would on its own.
+                if self._refused_early(view[pos], view[pos + 1], length):
+                    pos = self._feed_rest(view, pos)
+                break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
             # RSV bits clear: not compressed, so permessage-deflate, the one extension
@@ -309,6 +305,12 @@ class Connection:
             del buf[:pos]
         else:
             self._inbuf = bytearray(view[pos:])
+
+    def _feed_rest(self, view: bytes | bytearray, pos: int) -> int:
+        """Feed ``view[pos:]`` to the protocol whole and act on it; return its end."""
+        self.protocol.receive_data(view[pos:])
+        self._after_protocol()
+        return len(view)
 
     def _refused_early(self, b0: int, b1: int, length: int | None) -> bool:
         """Whether the protocol refuses a frame from its header, before its payload (of
