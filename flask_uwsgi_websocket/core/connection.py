@@ -19,9 +19,10 @@ the protocol always sits at a frame boundary and applies every check of the
 RFC; a frame whose header alone the protocol refuses (a bad opcode or
 masking, a length over the limit) is fed as soon as the header is in, and
 fails the connection at once. ``tests/test_core_fuzz.py`` checks that the
-two ways agree. Outgoing data frames are likewise serialized here (a 2 to 10 byte
-header) when no compression was agreed; compressed frames and control frames
-go through the protocol, with its permessage-deflate extension.
+two ways agree. Outgoing data frames are likewise serialized here (a 2 to
+10 byte header) when no compression was agreed; compressed frames and
+control frames go through the protocol, with its permessage-deflate
+extension.
 
 Methods that say "with the lock held" are called inside ``with connection.lock:``;
 the others take it themselves.
