@@ -24,6 +24,7 @@ setup(
         "test": [
             "pytest>=7",
             "pytest-timeout>=2",
+            "hypothesis>=6.100",  # tests/test_core_fuzz.py
             "mypy>=1.8",
             "ruff>=0.4",
             "websocket-client>=1.6",

@@ -4,10 +4,12 @@ module's own ``make_app(flavour)``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from flask import Flask
+from hypothesis import HealthCheck, settings
 
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 from flask_uwsgi_websocket.testing import TestClient
@@ -66,3 +68,25 @@ def websocket(made: tuple[Flask, WebSocketExtension]) -> WebSocketExtension:
 def client(websocket: WebSocketExtension) -> TestClient:
     """The in-process test client of :func:`made`'s app."""
     return websocket.test_client()
+
+
+# Hypothesis (tests/test_core_fuzz.py): the suite's budget is small and derandomized, so CI
+# is deterministic; HYPOTHESIS_PROFILE=fuzz (or --hypothesis-profile=fuzz) runs long.
+settings.register_profile(
+    "suite",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=20000,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))

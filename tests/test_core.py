@@ -786,6 +786,22 @@ def test_keepalive_waits_while_the_server_does_not_read(make: Callable[..., Harn
     assert h.peer.close_frame() is None
 
 
+def test_keepalive_fails_a_peer_that_does_not_read(make: Callable[..., Harness]) -> None:
+    # A ping flood from a peer that never reads: the pongs pass write_limit, reading stops
+    # (memory stays bounded), and the keepalive ping waits behind them: the peer's fault.
+    h = make(ping_interval=0.05, ping_timeout=0.1, write_limit=4096)
+    h.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    h.peer.paused = True
+    h.peer.send(frame(PING, b"p" * 125) * 300)
+    h.run_until(lambda: not h.reactor.reading)
+    assert h.connection.buffered > 4096
+    start = time.monotonic()
+    h.run_until(lambda: h.connection.closed)
+    assert time.monotonic() - start < 0.6
+    assert h.closed_error().code == 1006  # the peer never read the 1011 close frame
+    assert h.reactor.pending_timers == []
+
+
 def test_keepalive_wrong_pong_payload_does_not_count(make: Callable[..., Harness]) -> None:
     h = make(ping_interval=0.05, ping_timeout=0.1)
     h.run_until(lambda: h.peer.of(PING))
@@ -817,10 +833,9 @@ def test_a_pong_answers_its_ping_and_every_earlier_one(make: Callable[..., Harne
     h = make(ping_interval=None)
     with h.lock:
         first, second, third = (h.connection.ping(data) for data in (b"1", None, b"3"))
-        with pytest.raises(WebSocketError, match="already waiting"):
-            h.connection.ping(b"1")
+        assert h.connection.ping(b"1") is first  # the same data: one pong answers both
     assert len(second.data) == 4 and h.connection.latency == 0.0
-    h.run_until(lambda: len(h.peer.of(PING)) == 3)
+    h.run_until(lambda: len(h.peer.of(PING)) == 4)
     h.peer.send(frame(PONG, second.data))
     h.run_until(lambda: second.latency is not None)
     assert first.latency is not None and third.latency is None

@@ -73,8 +73,9 @@ def test_100_mb_echoed_as_it_streams_in_bounded_memory(server: AppServer, path: 
         sender.join(30)
     done.set()
     sampler.join(5)
-    assert size == CHUNK * CHUNKS and got.digest() == expected.digest()
-    assert pieces >= CHUNKS  # each piece went back as it came, not the whole at the end
+    assert size == CHUNK * CHUNKS and got.digest() == expected.digest(), size
+    # Each piece went back as it came, not the whole at the end.
+    assert pieces >= CHUNKS, f"{pieces} pieces"
     growth = peak[0] - before
     # The message is 100 MiB; a worker that held it would grow by that much at least.
     assert growth < 30 * 2**20, f"the worker grew by {growth / 2**20:.1f} MiB"

@@ -16,9 +16,13 @@ through the protocol's generator-based parser, which costs about 10 µs per
 frame. Every other frame -- control frames, fragments, reserved bits, bad
 opcodes or masking, oversized lengths -- is fed to the protocol whole, so
 the protocol always sits at a frame boundary and applies every check of the
-RFC. Outgoing data frames are likewise serialized here (a 2 to 10 byte
-header) when no compression was agreed; compressed frames and control frames
-go through the protocol, with its permessage-deflate extension.
+RFC; a frame whose header alone the protocol refuses (a bad opcode or
+masking, a length over the limit) is fed as soon as the header is in, and
+fails the connection at once. ``tests/test_core_fuzz.py`` checks that the
+two ways agree. Outgoing data frames are likewise serialized here (a 2 to
+10 byte header) when no compression was agreed; compressed frames and
+control frames go through the protocol, with its permessage-deflate
+extension.
 
 Methods that say "with the lock held" are called inside ``with connection.lock:``;
 the others take it themselves.
@@ -67,6 +71,8 @@ COPY_LIMIT = 16384
 # While a caller streams a message in (``next_fragment``), reading stops once this many
 # bytes of it wait to be taken, rather than at the whole message.
 STREAM_BUFFER = 65536
+#: The opcodes of RFC 6455; the protocol refuses any other from a frame's first byte.
+OPCODES = frozenset(int(opcode) for opcode in Opcode)
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -138,8 +144,7 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._inbuf = bytearray()  # the start of a frame not yet complete
         self._messages: deque[Message] = deque()
-        self._parts: list[Any] = []  # the fragments of a message being received
-        self._parts_size = 0
+        self._fragments = bytearray()  # the fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
@@ -241,10 +246,13 @@ class Connection:
             if not self._reading:
                 self._update_reading()
             return message, True
-        if self._parts and not self._failed:
-            parts, self._parts = self._parts, []
-            self._parts_size = 0
-            piece: Message = "".join(parts) if self._decoder is not None else b"".join(parts)
+        if self._fragments and not self._failed:
+            piece: Message
+            if self._decoder is not None:  # whole characters; the rest of one waits
+                piece, taken = codecs.utf_8_decode(self._fragments, "strict", False)
+                del self._fragments[:taken]
+            else:
+                piece, self._fragments = bytes(self._fragments), bytearray()
             if self._inbuf:
                 self._receive(b"")  # the frames held back while the part was full
             if not self._reading:
@@ -309,26 +317,31 @@ class Connection:
         count = size = 0  # of the messages taken on the fast path
         streaming = self.streaming
         while end - pos >= 2:
-            if streaming and self._parts_size >= STREAM_BUFFER:
+            if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
-            if protocol.state is not OPEN:
-                # Failed or closing: the protocol discards or checks the rest.
-                protocol.receive_data(view[pos:])
-                pos = end
-                self._after_protocol()
+            if protocol.state is not OPEN and protocol.eof_sent:
+                # Failed, or the peer's close came: the protocol discards the rest.
+                # (Closing since our close frame, it still reads frames: one at a time
+                # below, so that none is answered after a bad one.)
+                pos = self._feed_rest(view, pos)
                 break
             header = read_header(view, pos, end)
             if header is None:
+                # The length is not all in; the first two bytes may be refused already.
+                if self._refused_early(view[pos], view[pos + 1], None):
+                    pos = self._feed_rest(view, pos)
                 break
             start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
-                protocol.receive_data(view[pos:])
-                pos = end
-                self._after_protocol()
+                pos = self._feed_rest(view, pos)
                 break
             stop = start + length
             if stop > end:
+                # Incomplete: wait for the rest, unless the protocol refuses the frame
+                # from its header alone; then it fails now, as it would on its own.
+                if self._refused_early(view[pos], view[pos + 1], length):
+                    pos = self._feed_rest(view, pos)
                 break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
@@ -352,7 +365,7 @@ class Connection:
                     # RFC 6455 allows a close frame between fragments: the unfinished
                     # message is dropped and the close answered (websockets says 1002).
                     protocol.current_size = None
-                    self._parts = []
+                    self._fragments = bytearray()
                 protocol.receive_data(view[pos:stop])
                 self._after_protocol()
             pos = stop
@@ -366,11 +379,35 @@ class Connection:
         else:
             self._inbuf = bytearray(view[pos:])
 
+    def _feed_rest(self, view: bytes | bytearray, pos: int) -> int:
+        """Feed ``view[pos:]`` to the protocol whole and act on it; return its end."""
+        self.protocol.receive_data(view[pos:])
+        self._after_protocol()
+        return len(view)
+
+    def _refused_early(self, b0: int, b1: int, length: int | None) -> bool:
+        """Whether the protocol refuses a frame from its header, before its payload (of
+        ``length`` bytes, ``None`` while unknown): an unknown opcode, no mask, or a data
+        frame over what ``max_message_size`` leaves of a fragmented message."""
+        if b0 & 0x0F not in OPCODES or not b1 & 0x80:
+            return True
+        if length is None or self._max_size is None:
+            return False
+        # A close frame ends a fragmented message (see _receive): it has the whole limit.
+        received = 0 if b0 & 0x0F == Opcode.CLOSE else self.protocol.current_size or 0
+        return length > self._max_size - received
+
     def _receive_eof(self) -> None:
         self._eof_received = True
         self._inbuf.clear()
         self.protocol.receive_eof()
         self._after_protocol()
+        if self._linger_timer is not None:
+            # The peer has finished sending: nothing more can arrive to be refused with
+            # a reset, so the half-close need not wait for LINGER.
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._half_close()
 
     def _after_protocol(self) -> None:
         """Act on the protocol's events, then send what it has to send."""
@@ -386,28 +423,38 @@ class Connection:
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
             if self._failed:
                 return  # the rest of a batch that failed is not delivered
+            data = frame.data
             if opcode is not Opcode.CONT:
-                self._parts = []
-                self._parts_size = 0
                 self._decoder = _utf8_decoder() if opcode is Opcode.TEXT else None
-            self._parts_size += len(frame.data)
-            self.bytes_in += len(frame.data)
+                if frame.fin:  # a whole message (a compressed one, say)
+                    self.bytes_in += len(data)
+                    self.messages_in += 1
+                    if self._decoder is None:
+                        self._messages.append(bytes(data))
+                        return
+                    try:
+                        self._messages.append(str(data, "utf-8"))
+                    except UnicodeDecodeError as exc:
+                        self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
+                    return
+                self._fragments = bytearray()
+            self.bytes_in += len(data)
             self.messages_in += frame.fin
-            try:
-                if self._decoder is not None:
-                    self._parts.append(self._decoder.decode(frame.data, frame.fin))
-                else:
-                    self._parts.append(frame.data)
-            except UnicodeDecodeError as exc:
-                self.fail(1007, f"invalid UTF-8: {exc.reason}")
-                return
+            # One buffer, not a list of pieces: a message costs its size however finely it
+            # is cut (empty fragments cost nothing), so max_message_size bounds its memory.
+            self._fragments += data
+            if self._decoder is not None:
+                try:
+                    self._decoder.decode(data, frame.fin)  # checked as each fragment comes
+                except UnicodeDecodeError as exc:
+                    self.fail(1007, f"invalid UTF-8: {exc.reason}")
+                    return
             if frame.fin:
-                parts, self._parts = self._parts, []
-                self._parts_size = 0
+                fragments, self._fragments = self._fragments, bytearray()
                 if self._decoder is not None:
-                    self._messages.append("".join(parts))
+                    self._messages.append(fragments.decode())
                 else:
-                    self._messages.append(bytes(parts[0]) if len(parts) == 1 else b"".join(parts))
+                    self._messages.append(bytes(fragments))
         elif opcode is Opcode.PONG:
             data = frame.data
             if self._ping_payload is not None and data == self._ping_payload:
@@ -540,7 +587,7 @@ class Connection:
             and (
                 len(self._messages) >= self.options.max_queue
                 or self._out_size > self.options.write_limit
-                or (self.streaming and self._parts_size >= STREAM_BUFFER)
+                or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
         )
         if want != self._reading:
@@ -639,7 +686,8 @@ class Connection:
 
     def ping(self, data: bytes | str | None = None) -> Ping:
         """Send a ping with ``data`` (``None``: 4 random bytes); its :class:`Ping` is
-        answered when the pong comes. With the lock held."""
+        answered when the pong comes (one :class:`Ping` for pings of the same data while
+        they wait). With the lock held."""
         if data is None:
             data = os.urandom(4)
             while data in self._pings:
@@ -648,9 +696,8 @@ class Connection:
             data = data.encode()
         if self.protocol.state is not OPEN:
             raise self.closed_error()
-        if data in self._pings:
-            raise WebSocketError("a ping with the same data is already waiting for its pong")
-        ping = self._pings[data] = Ping(data)
+        # The same data as a ping still waiting: its pong answers both, as the same Ping.
+        ping = self._pings.get(data) or self._pings.setdefault(data, Ping(data))
         self.protocol.send_ping(data)
         self._flush_protocol()
         return ping
@@ -668,7 +715,9 @@ class Connection:
     def fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455, section 7.1.7) with ``code``. With the lock held."""
         self._failed = True
-        if self.protocol.state is OPEN:
+        if self.protocol.state is not CLOSED:
+            # Closing since our close frame: no second close frame, but the rest is
+            # discarded and the TCP connection closed all the same.
             self.protocol.fail(code, reason)
             self._flush_protocol()
             self._start_close_timer()
@@ -720,9 +769,12 @@ class Connection:
             self._pong_timer = None
             if self._ping_payload is None or self.protocol.state is not OPEN:
                 return
-            if not self._reading:
-                # We stopped reading (the handler does not keep up): the pong may
-                # be waiting in the socket. Not the peer's fault: look again later.
+            if not self._reading and self._out_size <= self.options.write_limit:
+                # We stopped reading because the handler does not keep up (max_queue):
+                # the pong may be waiting in the socket. Not the peer's fault: look again
+                # later. Stopped because the peer does not read what we send (write_limit),
+                # our ping waits behind it: the peer's fault, as with a peer that floods
+                # pings and never reads the pongs.
                 assert self.options.ping_timeout is not None
                 self._pong_timer = self.reactor.call_later(
                     self.options.ping_timeout, self._on_pong_timeout
