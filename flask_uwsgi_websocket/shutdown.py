@@ -174,35 +174,54 @@ def watch_signals() -> None:
     the fork hooks and the app's loading: so Python's is set here, kept, and put in
     place of uWSGI's by the first connection, from whichever thread it runs in.
     """
-    global _watching_in
+    global _watching_in, _main_thread
     if _watching_in == os.getpid():
         return
     _watching_in = os.getpid()
-    before = {signum: _saved_handler(signum) for signum in SIGNALS}
-    for signum in SIGNALS:
-        signal.signal(signum, _noted)
-    pythons = {signum: _saved_handler(signum) for signum in SIGNALS}
-    for signum, saved in before.items():
-        _restore_handler(signum, saved)  # until the first connection
+    _main_thread = threading.get_ident()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # none lost while swapping
+    try:
+        _before.update((signum, _saved_handler(signum)) for signum in SIGNALS)
+        for signum in SIGNALS:
+            signal.signal(signum, _noted)
+        pythons = {signum: _saved_handler(signum) for signum in SIGNALS}
+        for number, saved in _before.items():
+            _restore_handler(number, saved)  # until the first connection
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
     os.set_blocking(write_end, False)
     previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    main_thread = threading.get_ident()
 
     def take_over() -> None:
+        global _taken_over
+        with contextlib.suppress(BlockingIOError):
+            os.read(read_end, 4096)  # a signal from before is not this one's
         uwsgi_handlers = {signum: _saved_handler(signum) for signum in SIGNALS}
         threading.Thread(
-            target=_watch, args=(read_end, uwsgi_handlers, previous, main_thread),
+            target=_watch, args=(read_end, uwsgi_handlers, previous, _main_thread),
             name="websocket-shutdown", daemon=True,
         ).start()  # fmt: skip
+        _taken_over = True
         for signum, saved in pythons.items():
             _restore_handler(signum, saved)
 
     connections.when_first_opened(take_over)
 
 
+_before: dict[int, ctypes.Array[ctypes.c_char]] = {}  # the handlers at the fork
+_main_thread = 0
+_taken_over = False  # Python's handler is in place of uWSGI's
+
+
 def _noted(signum: int, frame: object) -> None:
-    """Python's handler: the work is the watching thread's."""
+    """Python's handler: the work is the watching thread's. Before the first connection,
+    a signal another thread caught while Python's was being read goes to the handler of
+    the fork, as it would have."""
+    if not _taken_over and signum in _before:
+        _restore_handler(signum, _before[signum])
+        signal.pthread_kill(_main_thread, signum)
 
 
 def _watch(
@@ -222,7 +241,10 @@ def _watch(
                 signal.pthread_kill(main_thread, signal.SIGHUP)
                 timeout = None
             continue
-        data = os.read(read_end, 64)
+        try:
+            data = os.read(read_end, 64)
+        except BlockingIOError:
+            continue
         if previous != -1:  # someone else's wake-up descriptor: pass the signals on
             with contextlib.suppress(OSError):
                 os.write(previous, data)
