@@ -802,6 +802,20 @@ def test_keepalive_fails_a_peer_that_does_not_read(make: Callable[..., Harness])
     assert h.reactor.pending_timers == []
 
 
+def test_a_pong_in_the_socket_counts_when_the_timer_runs_first(
+    make: Callable[..., Harness],
+) -> None:
+    """A busy worker's loop may run the pong timer before the read that has the pong."""
+    h = make(ping_interval=0.05, ping_timeout=0.1)
+    ping = h.run_until(lambda: h.peer.of(PING))[0]
+    h.peer.send(frame(PONG, bytes(ping.data)))  # in the socket, not read yet
+    for timer in h.reactor.pending_timers:  # the loop runs its timers first
+        timer.cancelled = True
+        timer.callback()
+    assert h.connection.connected
+    assert h.peer.close_frame() is None
+
+
 def test_keepalive_wrong_pong_payload_does_not_count(make: Callable[..., Harness]) -> None:
     h = make(ping_interval=0.05, ping_timeout=0.1)
     h.run_until(lambda: h.peer.of(PING))

@@ -780,6 +780,11 @@ class Connection:
                     self.options.ping_timeout, self._on_pong_timeout
                 )
                 return
+            if self._reading:
+                # A busy worker may run this timer before the read that has the pong.
+                self.on_readable()
+                if self._ping_payload is None or self.protocol.state is not OPEN:
+                    return
             self.fail(1011, "keepalive ping timeout")
             self._abort()
             self._wake()
