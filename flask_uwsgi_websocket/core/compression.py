@@ -97,5 +97,9 @@ def negotiate(
             response_params, extension = factory.process_request_params(params, [])
         except NegotiationError:
             continue  # not acceptable as offered: try the client's next offer
+        except ValueError:
+            # The same for websockets < 17, which leaves server_max_window_bits=8 to zlib,
+            # and zlib refuses to compress with a 2**8 window.
+            continue
         return build_extension([(name, response_params)]), [extension]
     return None, []
