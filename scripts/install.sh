@@ -3,19 +3,51 @@
 # redis-py, and a uWSGI built with the gevent, asyncio and greenlet engines.
 #   scripts/install.sh           enough to run the examples
 #   scripts/install.sh --test    also the test tools: pytest & co, Playwright, redis-server,
-#                                nginx and chromium (Debian packages) and wstest
-#                                (Autobahn|Testsuite, in ~/.cache)
+#                                nginx and chromium (Debian packages), wstest
+#                                (Autobahn|Testsuite, in ~/.cache), and the other Pythons that
+#                                scripts/test-all.sh runs the suite on: .venv-3.10 (Python 3.10,
+#                                Flask 2.3, Werkzeug 2.3) and .venv-3.13 (Python 3.13), each
+#                                with its own uWSGI; their interpreters come from pyenv
+#                                (`pyenv install --skip-existing`) or else from PATH
 # Environment: PYTHON (default python3), VENV (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-[[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-py=$VENV/bin/python
-"$py" -m pip install -q --upgrade pip
-bash scripts/install-uwsgi.sh "$py"
+
+# setup_venv PYTHON VENV EXTRAS [REQUIREMENT...]: VENV with uWSGI and this package.
+setup_venv() {
+  local python=$1 venv=$2 extras=$3
+  shift 3
+  [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  bash scripts/install-uwsgi.sh "$venv/bin/python"
+  "$venv/bin/python" -m pip install -q -e ".[$extras]" "$@"
+}
+
+# find_python X.Y.Z: prints the path of a Python X.Y interpreter: pyenv's X.Y.Z (which
+# `pyenv install` builds when it is missing), else pythonX.Y from PATH; fails saying so.
+find_python() {
+  local version=$1 minor=${1%.*} pyenv python
+  pyenv=$(command -v pyenv || echo "${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv")
+  if [[ -x $pyenv ]] && "$pyenv" install --skip-existing "$version" >&2; then
+    python=$("$pyenv" root)/versions/$version/bin/python$minor
+    [[ -x $python ]] && { echo "$python"; return; }
+  fi
+  # pyenv's shims are on PATH too, but run only the versions pyenv has selected: check.
+  if python=$(command -v "python$minor") && "$python" -c '' 2>/dev/null; then
+    echo "$python"; return
+  fi
+  echo "install.sh: no Python $minor, which the tests run on: neither pyenv (tried: $pyenv" \
+       "install --skip-existing $version) nor python$minor on PATH gave one." \
+       "Install pyenv or Python $minor, then run this again." >&2
+  return 1
+}
+
+extras=gevent,asyncio,redis
+if [[ ${1:-} == --test ]]; then extras+=,test,bench; fi
+setup_venv "$PYTHON" "$VENV" "$extras"
 if [[ ${1:-} == --test ]]; then
-  "$py" -m pip install -q -e ".[gevent,asyncio,redis,test,bench]"
   # Playwright drives Debian's chromium: `playwright install` (a browser download) is not used.
   if ! command -v redis-server >/dev/null || [[ ! -x /usr/sbin/nginx ]] \
       || [[ ! -x /usr/bin/chromium ]]; then
@@ -23,6 +55,9 @@ if [[ ${1:-} == --test ]]; then
     $sudo apt-get update -q && $sudo apt-get install -y -q redis-server nginx chromium >/dev/null
   fi
   bash scripts/install-autobahn.sh >/dev/null
-else
-  "$py" -m pip install -q -e ".[gevent,asyncio,redis]"
+  # The other Pythons of scripts/test-all.sh, which names the same virtualenvs.
+  python310=$(find_python 3.10.13)
+  python313=$(find_python 3.13.0)
+  setup_venv "$python310" .venv-3.10 "$extras" "Flask>=2.3,<2.4" "Werkzeug>=2.3,<2.4"
+  setup_venv "$python313" .venv-3.13 "$extras"
 fi
