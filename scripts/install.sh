@@ -28,19 +28,22 @@ setup_venv() {
 # find_python X.Y.Z: prints the path of a Python X.Y interpreter: pyenv's X.Y.Z (which
 # `pyenv install` builds when it is missing), else pythonX.Y from PATH; fails saying so.
 find_python() {
-  local version=$1 minor=${1%.*} pyenv python
+  local version=$1 minor=${1%.*} pyenv python tried="no pyenv on PATH or in \$PYENV_ROOT/bin"
   pyenv=$(command -v pyenv || echo "${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv")
-  if [[ -x $pyenv ]] && "$pyenv" install --skip-existing "$version" >&2; then
-    python=$("$pyenv" root)/versions/$version/bin/python$minor
-    [[ -x $python ]] && { echo "$python"; return; }
+  if [[ -x $pyenv ]]; then
+    tried="\`$pyenv install --skip-existing $version\` failed"
+    if "$pyenv" install --skip-existing "$version" >&2; then
+      python=$("$pyenv" root)/versions/$version/bin/python$minor
+      [[ -x $python ]] && { echo "$python"; return; }
+      tried="pyenv installed $version, but it has no $python"
+    fi
   fi
   # pyenv's shims are on PATH too, but run only the versions pyenv has selected: check.
   if python=$(command -v "python$minor") && "$python" -c '' 2>/dev/null; then
     echo "$python"; return
   fi
-  echo "install.sh: no Python $minor, which the tests run on: neither pyenv (tried: $pyenv" \
-       "install --skip-existing $version) nor python$minor on PATH gave one." \
-       "Install pyenv or Python $minor, then run this again." >&2
+  echo "install.sh: no Python $minor, which the tests run on ($tried, and no working" \
+       "python$minor on PATH). Install pyenv or Python $minor, then run this again." >&2
   return 1
 }
 
