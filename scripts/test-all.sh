@@ -4,8 +4,9 @@
 #   .venv        the default Python, latest Flask: every test, Autobahn|Testsuite included
 #   .venv-3.10   Python 3.10, Flask 2.3, Werkzeug 2.3: all but the Autobahn tests
 #   .venv-3.13   Python 3.13, latest Flask: all but the Autobahn tests
-# One run after the other (the machine's cores are the servers' and clients'); every run goes
-# on when one fails, and the exit status says whether all passed. Arguments go to each pytest.
+# One run after the other (the tests time real servers, which a parallel run would slow);
+# each run goes on when one before failed, and the exit status says whether all passed.
+# Arguments go to each pytest run.
 #   usage: scripts/test-all.sh [PYTEST_ARG...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,11 @@ print("Python", sys.version.split()[0], "Flask", version("flask"), "Werkzeug", v
   echo "=== $venv: $((SECONDS - start)) s"
 }
 
+# The browser tests' screenshots of the other Pythons go to folders of their own.
+artifacts=${TEST_ARTIFACTS:-test-artifacts}
 run .venv "$@"
-run .venv-3.10 -m "not autobahn" "$@"
-run .venv-3.13 -m "not autobahn" "$@"
+TEST_ARTIFACTS=$artifacts/python3.10 run .venv-3.10 -m "not autobahn" "$@"
+TEST_ARTIFACTS=$artifacts/python3.13 run .venv-3.13 -m "not autobahn" "$@"
 if (( ${#failed[@]} )); then
   echo "=== failed: ${failed[*]}" >&2
   exit 1
