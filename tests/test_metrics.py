@@ -3,6 +3,7 @@ in every flavour, and uWSGI's metrics summed over workers in its stats server.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -111,10 +112,10 @@ def test_uwsgi_metrics_summed_over_workers() -> None:
     app = ["--module", "tests.app_shutdown:app", *FLAVOUR_ARGS["gevent"]]
     with UwsgiServer(app, extra, mode="http", env={"TEST_FLAVOUR": "gevent"}) as server:
         clients, pids = [], set()
-        try:
+        with contextlib.ExitStack() as stack:
             while len(pids) < 2 or len(clients) < 4:
                 assert len(clients) < 100, "the connections all went to one worker"
-                ws = connect(f"{server.url}/hold", open_timeout=10, legacy=True)
+                ws = stack.enter_context(connect(f"{server.url}/hold", open_timeout=10))
                 clients.append(ws)
                 pids.add(ws.recv(timeout=SOON))  # one message out each
             n = len(clients)
@@ -133,9 +134,6 @@ def test_uwsgi_metrics_summed_over_workers() -> None:
             # A worker pushes as its first handler takes a message after the second:
             # what its other connections read in the meantime comes with a later push.
             wait_for(lambda: metric("websocket.messages_in") >= n, timeout=SOON)
-        finally:
-            for ws in clients:
-                ws.close()
         wait_for(lambda: metric("websocket.closed.1000") == n, timeout=SOON)
         assert metric("websocket.open") == 0 and metric("websocket.closed") == n
         assert metric("websocket.messages_in") == 2 * n and metric("websocket.bytes_in") == 5 * n
