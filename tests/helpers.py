@@ -375,7 +375,29 @@ class RedisServer:
 NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
 
 
-class RedisCluster:
+class StartedTogether:
+    """A group of servers used as a context manager: ``start()`` on entering (``stop()``
+    if that fails part-way), ``stop()`` on leaving."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisCluster(StartedTogether):
     """A Redis Cluster on 127.0.0.1: ``masters`` masters, each with ``replicas`` replicas
     (``redis-cli --cluster create ... --cluster-replicas 1``). Nodes that stop answering
     for 1 s fail (``cluster-node-timeout``), so a replica takes over in a few seconds."""
@@ -489,17 +511,6 @@ class RedisCluster:
             node.stop()
             node.dir.cleanup()
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 SENTINEL_CONF = """\
 port {port}
@@ -526,7 +537,7 @@ class RedisSentinel(RedisServer):
         return [redis_binary(), str(self.conf), "--sentinel"]
 
 
-class RedisSentinels:
+class RedisSentinels(StartedTogether):
     """A master and its replica on 127.0.0.1, watched as ``service`` by three Sentinels
     (quorum 2); a master that does not answer for 0.5 s is down, and the Sentinels
     promote the replica."""
@@ -574,17 +585,6 @@ class RedisSentinels:
         for server in (*self.sentinels, self.master, self.replica):
             server.stop()
             server.dir.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class NetnsRefused(Exception):
