@@ -52,6 +52,8 @@ TLS_IN_WORKER = (
     "WebSockets cannot run through uWSGI's own TLS (--https-socket, --ssl-socket,"
     " --suwsgi-socket): end TLS at nginx, or at uWSGI's --https router with --http-websockets"
 )
+#: A 503 for want of a resource: the client may try again in a second.
+RETRY_AFTER = ("Retry-After", "1")
 _tls_refusal_logged: list[bool] = []  # once per process: the first refusal is logged
 
 
@@ -75,6 +77,9 @@ class Server(Protocol):
         handshake: Handshake,
     ) -> Exception | None:
         """Run ``handler`` on the upgraded connection; the exception left unhandled."""
+
+    def cannot_serve(self, environ: dict[str, Any]) -> str | None:
+        """Why the worker cannot take this connection now (a 503), or ``None``."""
 
 
 class WebSocketView:
@@ -137,6 +142,10 @@ def accept(
         return refusal(
             app, HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI")
         )
+
+    busy = websocket.cannot_serve(environ)
+    if busy is not None:
+        return refusal(app, HandshakeError("503 Service Unavailable", busy, [RETRY_AFTER]))
 
     # Keep the request context for the connection: pushed once more here, popped when
     # the connection ends, so Flask's own pop when the view returns runs no teardown.
