@@ -248,9 +248,10 @@ class Held:
     connections: list[tuple[WSTransport, Echoer]]
     failed: Counter[str]
 
-    async def grow(self, url: str, count: int) -> float:
-        """Open more, up to ``count`` in all; return the connections opened per second."""
+    async def grow(self, url: str, count: int, server_pid: int) -> dict[str, float]:
+        """Open more, up to ``count`` in all: how many per second, and the CPU it took."""
         start, opened = time.perf_counter(), 0
+        cpu_before, own_before = tree_cpu(server_pid), time.process_time()
         while len(self.connections) + sum(self.failed.values()) < count:
             n = min(BATCH, count - len(self.connections) - sum(self.failed.values()))
             got = await asyncio.gather(*(open_echoing(url) for _ in range(n)),
@@ -262,7 +263,13 @@ class Held:
                     self.connections.append(result)
                     opened += 1
         elapsed = time.perf_counter() - start
-        return opened / elapsed if elapsed > 0 else 0.0
+        if not opened:
+            return {}
+        return {
+            "open_rate": opened / elapsed,
+            "open_server_cpu_us": (tree_cpu(server_pid) - cpu_before) / opened * 1e6,
+            "open_client_cpu_us": (time.process_time() - own_before) / opened * 1e6,
+        }
 
     async def check_and_close(self) -> None:
         """Echo once more on each; then close them all."""
@@ -341,16 +348,22 @@ async def measure_server(
     rows = []
     try:
         for count in held_counts:
-            open_rate = await held.grow(url, count)
+            opening = await held.grow(url, count, pid)
             got = await churn(url, args.concurrency, args.warmup, args.duration, pid)
-            row = {"server": server.name, "held": count, "open_rate": open_rate, **got}
+            row = {"server": server.name, "held": count, **opening, **got}
             rows.append(row)
             shown = ", ".join(f"{k}: {v}" for k, v in got["failed"].items())
             print(
                 f"{server.name:<10} held {count:>6,}: {got['rate']:7,.0f} conn/s, server "
                 f"{got['server_cpu']:.0%} CPU (client {got['client_cpu']:.0%}), "
                 f"{got['server_cpu_us_per_cycle'] or 0:6,.0f} us CPU per connection"
-                + (f", idle ones opened at {open_rate:,.0f}/s" if count else "")
+                + (
+                    f"; idle ones opened at {opening['open_rate']:,.0f}/s, "
+                    f"{opening['open_server_cpu_us']:,.0f} us server CPU and "
+                    f"{opening['open_client_cpu_us']:,.0f} us client CPU each"
+                    if opening
+                    else ""
+                )
                 + (f"; FAILED {shown}" if shown else ""),
                 flush=True,
             )
@@ -456,16 +469,31 @@ def summarize(
                 continue
             cell = {
                 key: statistics.median(r[key] for r in runs if r.get(key) is not None)
-                for key in ("rate", "server_cpu", "server_cpu_us_per_cycle", "open_rate")
+                for key in (
+                    "rate",
+                    "server_cpu",
+                    "server_cpu_us_per_cycle",
+                    "open_rate",
+                    "open_server_cpu_us",
+                    "open_client_cpu_us",
+                )
                 if any(r.get(key) is not None for r in runs)
             }
             cell["runs"] = len(runs)
             medians.setdefault(server.name, {})[str(count)] = cell
-    header = "server        held   conn/s  server CPU  us CPU/conn  idle opened/s"
+    header = (
+        "server        held   conn/s  server CPU  us CPU/conn  idle opened/s"
+        "  us server CPU/opened  us client CPU/opened"
+    )
     lines = [header]
     for name, cells in medians.items():
         for held, cell in cells.items():
-            opened = f"{cell['open_rate']:13,.0f}" if int(held) else f"{'-':>13}"
+            opened = (
+                f"{cell['open_rate']:13,.0f} {cell['open_server_cpu_us']:21,.0f}"
+                f" {cell['open_client_cpu_us']:21,.0f}"
+                if "open_rate" in cell
+                else f"{'-':>13} {'-':>21} {'-':>21}"
+            )
             lines.append(
                 f"{name:<10} {int(held):>7,} {cell['rate']:8,.0f} {cell['server_cpu']:10.0%}"
                 f" {cell.get('server_cpu_us_per_cycle', 0):12,.0f} {opened}"
