@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,15 +63,16 @@ class Server:
     name: str
     path: str
 
-    def command(self, port: int, cores: int) -> list[str]:
-        """The command that serves on ``port``, with room for ``cores`` connections."""
+    def command(self, port: int, cores: int, gc_app: bool = False) -> list[str]:
+        """The command that serves on ``port``, with room for ``cores`` connections
+        (``gc_app``: the gevent echo of bench/gc_app.py, which counts the collections)."""
         if self.name == "websockets":
             return [sys.executable, str(BENCH / "websockets_echo.py"), "--port", str(port)]
+        gevent_app = BENCH / "gc_app.py" if gc_app else ROOT / "examples" / "echo_gevent.py"
         app = {
             "native": ["--wsgi-file", str(BENCH / "native_echo.py")],
-            "gevent": ["--wsgi-file", str(ROOT / "examples" / "echo_gevent.py"),
-                       "--callable", "app"],
-        }[self.name]  # fmt: skip
+            "gevent": ["--wsgi-file", str(gevent_app), "--callable", "app"],
+        }[self.name]
         return [
             str(Path(sys.prefix) / "bin" / "uwsgi"),
             "--master", "--workers", "1", "--gevent", str(cores),
@@ -348,7 +350,20 @@ async def measure_server(
     rows = []
     try:
         for count in held_counts:
+            counting = args.gc is not None and server.name == "gevent"
+            before, had = (await collections(port) if counting else {}), len(held.connections)
             opening = await held.grow(url, count, pid)
+            if counting and opening:
+                after, opened = await collections(port), len(held.connections) - had
+                for generation in ("0", "1", "2"):
+                    (runs, seconds), (runs_before, seconds_before) = (
+                        after[generation],
+                        before[generation],
+                    )
+                    opening[f"gc{generation}_collections"] = runs - runs_before
+                    opening[f"gc{generation}_us_per_opened"] = (
+                        (seconds - seconds_before) / opened * 1e6
+                    )
             got = await churn(url, args.concurrency, args.warmup, args.duration, pid)
             row = {"server": server.name, "held": count, **opening, **got}
             rows.append(row)
@@ -364,6 +379,12 @@ async def measure_server(
                     if opening
                     else ""
                 )
+                + "".join(
+                    f"; gen{g} collector {opening[f'gc{g}_us_per_opened']:,.0f} us each"
+                    f" ({opening[f'gc{g}_collections']:.0f} collections)"
+                    for g in "012"
+                    if f"gc{g}_collections" in opening
+                )
                 + (f"; FAILED {shown}" if shown else ""),
                 flush=True,
             )
@@ -375,13 +396,26 @@ async def measure_server(
     return rows
 
 
+async def collections(port: int) -> dict[str, list[float]]:
+    """bench/gc_app.py's figures: generation -> [collections, seconds]."""
+
+    def get() -> dict[str, list[float]]:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/gc", timeout=TIMEOUT) as answer:
+            figures: dict[str, list[float]] = json.loads(answer.read())["collections"]
+            return figures
+
+    return await asyncio.to_thread(get)
+
+
 @contextlib.contextmanager
 def started(
-    server: Server, cores: int, cpu: int | None, log: Path, notes: list[str]
+    server: Server, cores: int, cpu: int | None, log: Path, notes: list[str], gc: str | None
 ) -> Iterator[tuple[int, int]]:
     """Run ``server`` pinned to ``cpu``; yield its pid and port once it answers."""
     port = free_port()
-    with run_pinned(server.command(port, cores), port, cpu, log, notes, server.name) as port:
+    command = server.command(port, cores, gc_app=gc is not None)
+    env = {**os.environ, "BENCH_GC": gc or ""}
+    with run_pinned(command, port, cpu, log, notes, server.name, env) as port:
         children = [
             int(pid) for task in Path("/proc/self/task").iterdir()
             for pid in (task / "children").read_text().split()
@@ -402,6 +436,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--gc", choices=["count", "freeze", "disable"], default=None,
+        help="gevent: serve bench/gc_app.py, which counts the garbage collector's time while"
+        " the idle connections are opened (freeze: gc.freeze() first; disable: no collector)",
+    )  # fmt: skip
     args = parser.parse_args()
     held_counts = sorted(csv_list(int, args.held))
     servers = [s for s in SERVERS if s.name in csv_list(str, args.servers)]
@@ -423,7 +462,7 @@ def main() -> int:
         for round_, server in ((r, s) for r in range(args.rounds) for s in servers):
             log = logdir / f"{server.name}-{round_}.log"
             try:
-                with started(server, cores, server_cpu, log, notes) as (pid, port):
+                with started(server, cores, server_cpu, log, notes, args.gc) as (pid, port):
                     rows += uvloop.run(measure_server(server, pid, port, held_counts, args))
             except RuntimeError as exc:
                 notes.append(str(exc))
@@ -443,7 +482,7 @@ def main() -> int:
         print("note:", note)
     print(f"server logs: {logdir}")
     if args.json:
-        meta = {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "rounds")}
+        meta = {k: getattr(args, k) for k in ("duration", "warmup", "concurrency", "rounds", "gc")}
         meta |= {"server_cpu": server_cpu, "client_cpu": client_cpu, "payload": len(PAYLOAD)}
         report = {"meta": meta, "runs": rows, "medians": summary["medians"], "notes": notes}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
