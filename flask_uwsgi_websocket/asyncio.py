@@ -356,12 +356,11 @@ class AsyncioWebSocketClient(Client):
         """Run ``handler`` as a task on the loop; park this greenlet until it is done.
 
         The task runs in a copy of this greenlet's context: the request context."""
-        self._start()
-        task = self._loop.create_task(self._run(handler, kwargs, websocket, app))
-        self._task = task
-        request_greenlet = greenlet.getcurrent()
-        task.add_done_callback(lambda _: request_greenlet.switch())
         try:
+            task = self._loop.create_task(self._run(handler, kwargs, websocket, app))
+            self._task = task
+            request_greenlet = greenlet.getcurrent()
+            task.add_done_callback(lambda _: request_greenlet.switch())
             while not task.done():
                 request_greenlet.parent.switch()  # the loop's greenlet
         finally:

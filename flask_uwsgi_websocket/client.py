@@ -249,13 +249,18 @@ class Client:
 
         connection.reactor.call_soon_threadsafe(close)
 
-    def _start(self) -> None:
-        """Start the connection and enter the app's registry; the handler is about to run."""
-        self.connection.start()
-        if self._registry is not None:
-            self._registry.add(self.connection, self.connection.reactor.call_soon_threadsafe)
-        worker_metrics.opened(self.route, self.connection)
-        connections.opened(self)
+    def start(self) -> None:
+        """Start the connection and enter the app's registry, before :meth:`serve`. When a
+        part fails (out of memory...), what was done is undone and the error raised."""
+        try:
+            self.connection.start()
+            if self._registry is not None:
+                self._registry.add(self.connection, self.connection.reactor.call_soon_threadsafe)
+            worker_metrics.opened(self.route, self.connection)
+            connections.opened(self)
+        except BaseException:
+            self._release()
+            raise
 
     def _release(self) -> None:
         """Leave the rooms and stop watching the socket; uWSGI closes it when the request ends."""
@@ -480,10 +485,9 @@ class BlockingClient(Client):
         """Run ``handler(self, **kwargs)`` in this thread or greenlet, then close: 1000 when
         it returns, 1011 (or the error handler's choice) when it raises.
 
-        Called by the extension once the handshake is done; returns the exception that
-        no error handler took.
+        Called by the extension once the connection has started; returns the exception
+        that no error handler took.
         """
-        self._start()
         try:
             error: Exception | None = None
             self._enter_handler()

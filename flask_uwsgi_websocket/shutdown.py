@@ -87,13 +87,26 @@ class OpenConnections:
         with self._lock:
             self._on_first.append(callback)
 
+    def prepare(self) -> None:
+        """Call the callbacks waiting for the next connection now, before its 101: what
+        they start (a thread, a signal watcher) may be out of reach. Those not done
+        then wait for the next connection, and the error is raised."""
+        with self._lock:
+            pending, self._on_first = self._on_first, []
+        while pending:
+            try:
+                pending[0]()
+            except BaseException:
+                with self._lock:
+                    self._on_first[:0] = pending
+                raise
+            del pending[0]
+
     def opened(self, client: Closable) -> None:
         """``client``'s handler starts; closed at once if the worker is going away."""
+        self.prepare()
         with self._lock:
             self._open.add(client)
-            on_first, self._on_first = self._on_first, []
-        for callback in on_first:
-            callback()
         if self.going_away:
             client.go_away(CODE, REASON, CLOSE_TIMEOUT)
 

@@ -36,7 +36,11 @@ class IOThread:
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="websocket-io", daemon=True
         )
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:  # no thread to be had: give the loop's descriptors back
+            self.loop.close()
+            raise
 
     @classmethod
     def current(cls) -> IOThread:
@@ -177,3 +181,7 @@ class WebSocket(WebSocketExtension):
     engine: ClassVar[str | None] = None
     plugins: ClassVar[tuple[str, ...]] = ()
     watch_worker_end = staticmethod(watch_signals)
+
+    def prepare_worker(self) -> None:
+        """Start this process's I/O thread (its event loop takes three descriptors)."""
+        IOThread.current()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import weakref
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from ..broadcast.registry import Rooms
 from ..core.framing import build_frame
 from ..core.options import Options
 from ..metrics import uwsgi_options, worker_metrics
+from ..resources import short_of_descriptors, shortages
 from ..runner import DEBUG_ENV, INSTALL_HINT, run_uwsgi
 from ..runtimes import socket_fd
+from ..shutdown import connections
 from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
 from .views import (
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from .serving import ErrorHandlers
 
 __all__ = ["WebSocketExtension"]
+
+logger = logging.getLogger("flask_uwsgi_websocket")
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
@@ -69,6 +74,13 @@ class Client(Protocol):
         handshake: Handshake | None = None,
         rooms: Rooms | None = None,
     ) -> None: ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages can still be sent: the closing handshake has not begun."""
+
+    def start(self) -> None:
+        """Start the connection; on failure, undo what was done and raise."""
 
     def serve(
         self,
@@ -200,20 +212,43 @@ class WebSocketExtension:
         broker = self.broker(app)
         broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
         fd = socket_fd(environ)
+        client: Client | None = None
         try:
             client = self.client_class(fd, environ, options, handshake, broker.rooms)
-        except Exception as exc:  # out of a resource (memory, watchers): not a silent drop
-            app.logger.error(
-                "WebSocket connection to %s could not start; closed with 1011",
-                environ.get("PATH_INFO"),
-                exc_info=exc,
-            )
-            with contextlib.suppress(OSError):
-                os.write(fd, CLOSE_1011)
+            if has_request_context() and request.url_rule is not None:
+                client.route = request.url_rule.rule
+            client.start()
+            return client.serve(handler, kwargs, self, app)
+        except Exception as exc:  # out of memory, say: a close frame, not a silent drop
+            shortages.fail(app.logger, environ.get("PATH_INFO", ""), exc)
+            if client is None or client.connected:  # no close frame sent yet
+                with contextlib.suppress(OSError):
+                    os.write(fd, CLOSE_1011)
             return exc
-        if has_request_context() and request.url_rule is not None:
-            client.route = request.url_rule.rule
-        return client.serve(handler, kwargs, self, app)
+
+    def cannot_serve(self, environ: dict[str, Any]) -> str | None:
+        """Why this worker cannot take the connection of ``environ`` now, or ``None``.
+
+        Called before the 101, which is then a 503: what the worker needs for its
+        connections is made now (see :meth:`prepare_worker`), and the connection must
+        leave some file descriptors free (see ``resources``). Logged with a count.
+        """
+        why = None
+        try:
+            connections.prepare()
+            self.prepare_worker()
+        except (OSError, MemoryError, RuntimeError) as exc:  # no thread, descriptor, memory
+            why = f"out of a resource: {exc}"
+        else:
+            if short_of_descriptors(socket_fd(environ)):
+                why = "too few file descriptors left under the open-file limit (ulimit -n)"
+        if why is not None:
+            shortages.refuse(logger, environ.get("PATH_INFO", ""), why)
+        return why
+
+    def prepare_worker(self) -> None:
+        """Make what this flavour's connections share in a worker, if not made yet;
+        raise when out of a resource for it."""
 
     def test_client(
         self, app: Flask | None = None, flask_client: FlaskClient | None = None

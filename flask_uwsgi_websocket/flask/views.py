@@ -52,6 +52,8 @@ TLS_IN_WORKER = (
     "WebSockets cannot run through uWSGI's own TLS (--https-socket, --ssl-socket,"
     " --suwsgi-socket): end TLS at nginx, or at uWSGI's --https router with --http-websockets"
 )
+#: A 503 for want of a resource: the client may try again in a second.
+RETRY_AFTER = ("Retry-After", "1")
 _tls_refusal_logged: list[bool] = []  # once per process: the first refusal is logged
 
 
@@ -75,6 +77,9 @@ class Server(Protocol):
         handshake: Handshake,
     ) -> Exception | None:
         """Run ``handler`` on the upgraded connection; the exception left unhandled."""
+
+    def cannot_serve(self, environ: dict[str, Any]) -> str | None:
+        """Why the worker cannot take this connection now (a 503), or ``None``."""
 
 
 class WebSocketView:
@@ -138,29 +143,50 @@ def accept(
             app, HandshakeError("500 Internal Server Error", "WebSocket routes need uWSGI")
         )
 
+    busy = websocket.cannot_serve(environ)
+    if busy is not None:
+        return refusal(app, HandshakeError("503 Service Unavailable", busy, [RETRY_AFTER]))
+
     # Keep the request context for the connection: pushed once more here, popped when
     # the connection ends, so Flask's own pop when the view returns runs no teardown.
     ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
-    view_args = request.view_args
-
-    def serve() -> Iterator[bytes]:
-        error: BaseException | None = None
-        ctx.push()
-        ctx.request.view_args = view_args  # push() matched the URL again
-        try:
-            yield b""  # primed below, so that closing the body unwinds this
-            yield b""  # uWSGI sends the 101 with the first item of the body
-            error = websocket.serve(app, handler, kwargs, environ, options, handshake)
-        finally:
-            ctx.pop(error)
-
-    body = serve()
+    body = _serve(
+        ctx, request.view_args, websocket, app, handler, kwargs, environ, options, handshake
+    )
     next(body)
     response = _switching_protocols(app.response_class)(
         body, status="101 Switching Protocols", headers=handshake.headers
     )
     del response.headers["Content-Type"]
     return response
+
+
+def _serve(
+    ctx: Any,
+    view_args: dict[str, Any] | None,
+    websocket: Server,
+    app: Flask,
+    handler: Callable[..., Any],
+    kwargs: dict[str, Any],
+    environ: dict[str, Any],
+    options: Options,
+    handshake: Handshake,
+) -> Iterator[bytes]:
+    """The body of the 101: it serves the connection in the request context ``ctx``.
+
+    A generator of its own rather than a closure in :func:`accept`: the closure's cells
+    were ten more objects per open connection for the garbage collector to visit at
+    every full collection (see bench/README.md, Connection rate).
+    """
+    error: BaseException | None = None
+    ctx.push()
+    ctx.request.view_args = view_args  # push() matched the URL again
+    try:
+        yield b""  # primed by accept, so that closing the body unwinds this
+        yield b""  # uWSGI sends the 101 with the first item of the body
+        error = websocket.serve(app, handler, kwargs, environ, options, handshake)
+    finally:
+        ctx.pop(error)
 
 
 _SWITCHING: dict[type[Response], type[Response]] = {}
