@@ -333,7 +333,7 @@ class Connection:
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
-            if protocol.state is not OPEN and protocol.eof_sent:
+            if protocol.eof_sent and protocol.state is not OPEN:
                 # Failed, or the peer's close came: the protocol discards the rest.
                 # (Closing since our close frame, it still reads frames: one at a time
                 # below, so that none is answered after a bad one.)
@@ -596,18 +596,20 @@ class Connection:
             self.reactor.watch_write(self.on_writable if want else None)
 
     def _update_reading(self) -> None:
+        # The protocol's state last: it is a Python property, and this runs on every read.
+        options = self.options
         want = not self._eof_received and not (
-            self.protocol.state is OPEN
-            and (
-                len(self._messages) >= self.options.max_queue
-                or self._out_size > self.options.write_limit
+            (
+                len(self._messages) >= options.max_queue
+                or self._out_size > options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
+            and self.protocol.state is OPEN
         )
         if want != self._reading:
             self._reading = want
             self.reactor.watch_read(self.on_readable if want else None)
-        if self.protocol.state is CLOSED and self._eof_received:
+        if self._eof_received and self.protocol.state is CLOSED:
             self._stop_timers()
 
     # Sending, closing, keepalive.
