@@ -162,7 +162,8 @@ class Connection:
         self._decoder: codecs.IncrementalDecoder | None = None
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
-        self._fragmenting = False  # a fragmented message is being sent
+        #: Whether a fragmented message is being sent: other messages wait for its end.
+        self.fragmenting = False
         self._held: list[bytes] = []  # broadcasts that wait for its end
         self._held_size = 0
         self._out: deque[bytes | bytearray | memoryview] = deque()
@@ -620,7 +621,7 @@ class Connection:
         protocol = self.protocol
         if protocol.state is not OPEN:
             raise self.closed_error()
-        if self._fragmenting:
+        if self.fragmenting:
             raise WebSocketError("a fragmented message is being sent: wait for its end")
         if type(payload) is not bytes:
             # A copy: the caller may reuse its buffer once send() returned, and a memoryview's
@@ -634,15 +635,12 @@ class Connection:
             else:
                 protocol.send_binary(payload)
             self._flush_protocol()
-        elif len(payload) > COPY_LIMIT:
-            self._write(frame_header(opcode, len(payload)), payload)
+        elif (length := len(payload)) < 126:  # the header, inline: the echo's hot path
+            self._write(bytes((0x80 | opcode, length)) + payload)
+        elif length > COPY_LIMIT:
+            self._write(frame_header(opcode, length), payload)
         else:
-            self._write(frame_header(opcode, len(payload)) + payload)
-
-    @property
-    def fragmenting(self) -> bool:
-        """Whether a fragmented message is being sent: other messages wait for its end."""
-        return self._fragmenting
+            self._write(frame_header(opcode, length) + payload)
 
     def send_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         """Send a fragment of a message: ``opcode`` TEXT or BINARY for the first one,
@@ -663,7 +661,7 @@ class Connection:
             self._flush_protocol()
         else:
             self._write(frame_header(opcode, len(payload), fin), payload)
-        self._fragmenting = not fin
+        self.fragmenting = not fin
         if fin and self._held:
             held, self._held, self._held_size = self._held, [], 0
             self._write(*held)
@@ -694,7 +692,7 @@ class Connection:
                 return
             self.messages_out += 1
             self.bytes_out += len(frame) if size is None else size
-            if self._fragmenting:  # not inside another message: after its last fragment
+            if self.fragmenting:  # not inside another message: after its last fragment
                 self._held.append(frame)
                 self._held_size += len(frame)
             else:
