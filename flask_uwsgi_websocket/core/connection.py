@@ -152,6 +152,11 @@ class Connection:
         if handshake is not None:
             self.protocol.extensions = list(handshake.extensions)
         self._max_size = options.max_message_size
+        #: Whether messages can still be sent: the closing handshake has not begun. The
+        #: protocol's state is OPEN, read again after every call that may change it (they
+        #: all end in _flush_protocol): an attribute, where the state is a Python property
+        #: and the hot paths ask for it on every message.
+        self.connected = True
         os.set_blocking(fd, False)
         with _borrowed(fd) as sock, contextlib.suppress(OSError):
             # Nagle's delays hurt small frames; not on AF_UNIX.
@@ -200,11 +205,6 @@ class Connection:
             self._schedule_keepalive()
 
     @property
-    def connected(self) -> bool:
-        """Whether messages can still be sent: the closing handshake has not begun."""
-        return self.protocol.state is OPEN
-
-    @property
     def closed(self) -> bool:
         """Whether the connection is over: both sides are done or it was aborted."""
         return self.protocol.state is CLOSED
@@ -233,7 +233,7 @@ class Connection:
     @property
     def backlogged(self) -> bool:
         """Whether a sender should wait: over ``write_limit`` bytes wait to be sent."""
-        return self._out_size > self.options.write_limit and self.protocol.state is OPEN
+        return self._out_size > self.options.write_limit and self.connected
 
     def closed_error(self) -> ConnectionClosed:
         """The :class:`ConnectionClosed` that tells the peer's close code and reason."""
@@ -247,7 +247,7 @@ class Connection:
             if not self._reading:
                 self._update_reading()
             return message
-        if self.protocol.state is CLOSED:
+        if not self.connected and self.protocol.state is CLOSED:
             raise self.closed_error()
         return None
 
@@ -433,7 +433,7 @@ class Connection:
             assert isinstance(event, Frame)  # the handshake was done before: only frames
             self._on_frame(event)
         self._flush_protocol()
-        if self.protocol.state is not OPEN:
+        if not self.connected:
             self._start_close_timer()
 
     def _on_frame(self, frame: Frame) -> None:
@@ -561,6 +561,7 @@ class Connection:
                 self._linger_timer = self.reactor.call_later(LINGER, self._on_linger)
             else:
                 self._half_close()
+        self.connected = self.protocol.state is OPEN
 
     def _half_close(self) -> None:
         if self._out:
@@ -608,7 +609,7 @@ class Connection:
                 or self._out_size > options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
-            and self.protocol.state is OPEN
+            and self.connected
         )
         if want != self._reading:
             self._reading = want
@@ -622,7 +623,7 @@ class Connection:
         """Send a text or binary frame; raises :class:`ConnectionClosed` once closing.
         With the lock held; never waits (see :attr:`backlogged`)."""
         protocol = self.protocol
-        if protocol.state is not OPEN:
+        if not self.connected:
             raise self.closed_error()
         if self.fragmenting:
             raise WebSocketError("a fragmented message is being sent: wait for its end")
@@ -684,7 +685,7 @@ class Connection:
         already waiting and ``frame`` would take it over ``max_send_buffer``. Does nothing
         once closing; never waits."""
         with self.lock:
-            if self.protocol.state is not OPEN:
+            if not self.connected:
                 return
             limit = self.options.max_send_buffer
             waiting = self._out_size + self._held_size
