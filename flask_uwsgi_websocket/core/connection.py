@@ -495,7 +495,28 @@ class Connection:
 
     # Writing.
 
-    def _write(self, *chunks: bytes | bytearray | memoryview) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` after everything written before; never blocks. The one-chunk
+        case of :meth:`_writev`, without its loop: every echo and broadcast comes here."""
+        out = self._out
+        if out or self._eof_pending:
+            out.append(data)
+            self._out_size += len(data)
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._connection_lost()
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:] if sent else data
+            out.append(rest)
+            self._out_size += len(rest)
+            self._update_writing()
+
+    def _writev(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` after everything written before; never blocks.
 
         Several chunks go out in one ``writev``: a frame written in two calls
@@ -509,7 +530,7 @@ class Connection:
                 self._out_size += len(chunk)
             return
         try:
-            sent = os.write(self.fd, chunks[0]) if len(chunks) == 1 else os.writev(self.fd, chunks)
+            sent = os.writev(self.fd, chunks)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -642,7 +663,7 @@ class Connection:
         elif (length := len(payload)) < 126:  # the header, inline: the echo's hot path
             self._write(bytes((0x80 | opcode, length)) + payload)
         elif length > COPY_LIMIT:
-            self._write(frame_header(opcode, length), payload)
+            self._writev(frame_header(opcode, length), payload)
         else:
             self._write(frame_header(opcode, length) + payload)
 
@@ -664,11 +685,11 @@ class Connection:
                 protocol.send_continuation(payload, fin)
             self._flush_protocol()
         else:
-            self._write(frame_header(opcode, len(payload), fin), payload)
+            self._writev(frame_header(opcode, len(payload), fin), payload)
         self.fragmenting = not fin
         if fin and self._held:
             held, self._held, self._held_size = self._held, [], 0
-            self._write(*held)
+            self._writev(*held)
 
     def send(self, message: Message | bytearray | memoryview) -> None:
         """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held."""
