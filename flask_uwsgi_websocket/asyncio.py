@@ -244,9 +244,9 @@ class AsyncioWebSocketClient(Client):
         connection = self.connection
         while connection.fragmenting:
             await self._wait(None)
-        connection.send(message)
-        while connection.backlogged:
-            await self._wait(None)
+        if connection.send(message):
+            while connection.backlogged:
+                await self._wait(None)
 
     async def _send_fragments(self, message: Iterable[Message] | AsyncIterable[Message]) -> None:
         connection = self.connection

@@ -361,9 +361,9 @@ class BlockingClient(Client):
         with connection.lock:
             while connection.fragmenting:
                 self._wait(None)
-            connection.send_frame(opcode, payload)
-            while connection.backlogged:
-                self._wait(None)
+            if connection.send_frame(opcode, payload):
+                while connection.backlogged:
+                    self._wait(None)
 
     def _send_fragments(self, pieces: Iterator[FrameToSend]) -> None:
         connection = self.connection

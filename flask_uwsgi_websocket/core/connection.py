@@ -640,9 +640,10 @@ class Connection:
 
     # Sending, closing, keepalive.
 
-    def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+    def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> bool:
         """Send a text or binary frame; raises :class:`ConnectionClosed` once closing.
-        With the lock held; never waits (see :attr:`backlogged`)."""
+        With the lock held; never waits. Returns whether the sender should wait now
+        (:attr:`backlogged`; told here, as asking costs a call per message)."""
         protocol = self.protocol
         if not self.connected:
             raise self.closed_error()
@@ -666,6 +667,7 @@ class Connection:
             self._writev(frame_header(opcode, length), payload)
         else:
             self._write(frame_header(opcode, length) + payload)
+        return self._out_size > self.options.write_limit
 
     def send_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         """Send a fragment of a message: ``opcode`` TEXT or BINARY for the first one,
@@ -691,12 +693,13 @@ class Connection:
             held, self._held, self._held_size = self._held, [], 0
             self._writev(*held)
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
-        """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held."""
+    def send(self, message: Message | bytearray | memoryview) -> bool:
+        """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held.
+        Returns whether the sender should wait now, as :meth:`send_frame`."""
         if isinstance(message, str):
-            self.send_frame(Opcode.TEXT, message.encode())
+            return self.send_frame(Opcode.TEXT, message.encode())
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self.send_frame(Opcode.BINARY, message)
+            return self.send_frame(Opcode.BINARY, message)
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
