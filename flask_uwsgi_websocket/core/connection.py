@@ -723,8 +723,22 @@ class Connection:
             if self.fragmenting:  # not inside another message: after its last fragment
                 self._held.append(frame)
                 self._held_size += len(frame)
-            else:
+            elif self._out or self._eof_pending:
                 self._write(frame)
+            else:
+                # Idle: what _write does, without its call, once per recipient of a broadcast.
+                try:
+                    sent = os.write(self.fd, frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._connection_lost()
+                    return
+                if sent < len(frame):
+                    rest = memoryview(frame)[sent:] if sent else frame
+                    self._out.append(rest)
+                    self._out_size += len(rest)
+                    self._update_writing()
 
     def ping(self, data: bytes | str | None = None) -> Ping:
         """Send a ping with ``data`` (``None``: 4 random bytes); its :class:`Ping` is
