@@ -32,7 +32,9 @@ setup(
             "Flask-SQLAlchemy>=3.1",
             "playwright>=1.65",  # drives Debian's chromium (tests/test_chat_browser.py)
         ],
-        "bench": ["picows>=1.6", "uvloop>=0.19"],
+        # bench/echo.py's peers: picows (also the load), websockets (a requirement), flask-sock on
+        # gunicorn's gevent worker.
+        "bench": ["picows>=1.6", "uvloop>=0.19", "flask-sock>=0.7", "gunicorn>=22"],
     },
     classifiers=[
         "Framework :: Flask",

@@ -20,7 +20,7 @@ import time
 from typing import Any, cast
 
 import uvloop
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
@@ -116,7 +116,7 @@ async def close_all(listeners: list[EchoListener]) -> None:
     transports = [lst.transport for lst in listeners if lst.transport is not None]
     for transport in transports:
         if not transport.is_disconnected:
-            transport.send_close()
+            transport.send_close(WSCloseCode.OK)  # picows' default, 1005, is not for the wire
     waits = [t.wait_disconnected() for t in transports]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*waits), CLOSE_TIMEOUT)

@@ -1,14 +1,18 @@
-"""Echo benchmark: uWSGI's native WebSocket loop against the project's gevent example.
+"""Echo benchmark: uWSGI's native WebSocket loop against the project's examples and peers.
 
     .venv/bin/python bench/echo.py [--duration 5] [--sizes 64,16384] [--conns 1,50]
                                    [--modes http,http-socket,http-socket-ws] [--json out.json]
+                                   [--servers native,gevent,asyncio,picows,websockets,flask-sock]
 
 For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
-examples/echo_gevent.py) is started under ``--master --gevent 100`` with one worker,
-pinned to one CPU; bench/client.py, pinned to another CPU, measures round trips per
-second for every message size and connection count. The servers take turns for
-``--rounds`` rounds (the machine is shared and noisy); the table gives the median of
-each server's runs and the ratio of the medians, gevent/native.
+examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py) is started under
+``--master`` with one worker, pinned to one CPU; bench/client.py, pinned to another CPU,
+measures round trips per second for every message size and connection count. The peers
+(bench/peer_echo.py: ``picows`` on uvloop, ``websockets``' asyncio server, ``flask-sock``
+on gunicorn's gevent worker, one worker) speak HTTP themselves: they run in the
+``http-socket`` mode only, pinned the same way. The servers take turns for ``--rounds``
+rounds (the machine is shared and noisy); the table gives the median of each server's
+runs and the ratios of the medians.
 """
 
 from __future__ import annotations
@@ -48,12 +52,14 @@ MODES: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Server:
-    """A WSGI app to serve, the WebSocket path it echoes on, and its loop engine."""
+    """A WSGI app to serve, the WebSocket path it echoes on, and its loop engine; or, for
+    a peer, the command that serves (``{python}``, ``{host}`` and ``{port}`` filled in)."""
 
     name: str
     app_args: list[str]
     path: str
     engine: tuple[str, ...] = ("--gevent", "100")
+    command: tuple[str, ...] = ()
 
 
 SERVERS = [
@@ -69,7 +75,27 @@ SERVERS = [
         "/echo",
         ("--asyncio", "100", "--greenlet"),
     ),
+    Server(
+        "picows", [], "/echo", command=("{python}", "peer_echo.py", "picows", "{host}", "{port}")
+    ),
+    Server(
+        "websockets",
+        [],
+        "/echo",
+        command=("{python}", "peer_echo.py", "websockets", "{host}", "{port}"),
+    ),
+    Server(
+        "flask-sock",
+        [],
+        "/echo",
+        command=tuple(
+            "{python} -m gunicorn --worker-class gevent --workers 1 --bind {host}:{port}"
+            " peer_echo:flask_sock_app".split()
+        ),
+    ),
 ]
+#: The uWSGI mode the peers, which speak HTTP themselves, are compared in.
+PEER_MODE = "http-socket"
 
 
 def free_port() -> int:
@@ -117,8 +143,15 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 def uwsgi(
     server: Server, mode: str, cpu: int | None, log: Path, extra: list[str], notes: list[str]
 ) -> Iterator[int]:
-    """Run ``server`` under uWSGI in ``mode``; yield its port once it answers."""
+    """Run ``server`` under uWSGI in ``mode`` (a peer: its own command); yield its port
+    once it answers."""
     port = free_port()
+    if server.command:
+        values = {"python": sys.executable, "host": HOST, "port": str(port)}
+        peer = [arg.format(**values) for arg in server.command]
+        with run_pinned(peer, port, cpu, log, notes, server.name, cwd=BENCH) as port:
+            yield port
+        return
     mode_args = [a.format(addr=f"{HOST}:{port}") for a in MODES[mode]]
     cmd = [
         str(Path(sys.prefix) / "bin" / "uwsgi"),
@@ -149,6 +182,7 @@ def run_pinned(
     notes: list[str],
     what: str,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[int]:
     """Run uWSGI's ``cmd`` on CPU ``cpu``, logging to ``log``; yield ``port`` once it
     answers HTTP; stop it (SIGINT, in its own session) on the way out."""
@@ -156,7 +190,7 @@ def run_pinned(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
-            env=env,
+            env=env, cwd=cwd,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -199,20 +233,33 @@ def csv_list(kind: type, text: str) -> list[Any]:
     return [kind(item) for item in text.split(",") if item]
 
 
+#: The ratios the table shows, numerator/denominator, where both were measured.
+RATIOS = [
+    ("gevent", "native"), ("asyncio", "native"), ("asyncio", "gevent"), ("picows", "native"),
+    ("websockets", "native"), ("flask-sock", "native"), ("gevent", "flask-sock"),
+]  # fmt: skip
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Format the results as a text table, with the ratios to native and asyncio/gevent."""
-    names = ["native", "gevent", "asyncio"]
+    """Format the results as a text table, with the ratios of :data:`RATIOS`."""
+    names = [s.name for s in SERVERS if any(r.get(s.name) for r in results)]
+    ratios = [(a, b) for a, b in RATIOS if a in names and b in names]
+    width = [max(14, len(n) + 6) for n in names]
     rows = [
-        "mode            size   conns" + "".join(f"{n + ' rt/s':>14}" for n in names)
-        + "  gevent/native asyncio/native asyncio/gevent"
-    ]  # fmt: skip
+        "mode            size   conns"
+        + "".join(f"{n + ' rt/s':>{w}}" for n, w in zip(names, width, strict=True))
+        + "".join(f" {a + '/' + b:>15}" for a, b in ratios)
+    ]
     for r in results:
-        values = [r.get(n) for n in names]
-        cells = "".join(f"{v:14,.0f}" if v else f"{'-':>14}" for v in values)
-        nat, gev, asy = values
-        ratios = [a / b if a and b else None for a, b in ((gev, nat), (asy, nat), (asy, gev))]
-        shown = "".join(f"{x:15.2f}" if x else f"{'-':>15}" for x in ratios)
-        rows.append(f"{r['mode']:<14} {r['size']:>5} {r['conns']:>7}{cells}{shown}")
+        cells = "".join(
+            f"{r[n]:{w},.0f}" if r.get(n) else f"{'-':>{w}}"
+            for n, w in zip(names, width, strict=True)
+        )
+        for a, b in ratios:
+            x, y = r.get(a), r.get(b)
+            label = len(a) + len(b) + 1
+            cells += f" {x / y:>{max(15, label)}.2f}" if x and y else f" {'-':>{max(15, label)}}"
+        rows.append(f"{r['mode']:<14} {r['size']:>5} {r['conns']:>7}{cells}")
     return "\n".join(rows)
 
 
@@ -227,7 +274,9 @@ def main() -> int:
     parser.add_argument("--conns", default="1,50", help="connection counts")
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
     parser.add_argument(
-        "--servers", default="native,gevent,asyncio", help="of native, gevent, asyncio"
+        "--servers",
+        default="native,gevent,asyncio",
+        help=f"of {', '.join(s.name for s in SERVERS)} (the peers in {PEER_MODE} mode only)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 8192"')
@@ -248,7 +297,11 @@ def main() -> int:
     logdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     try:
         for mode, round_, server in (
-            (m, r, s) for m in modes for r in range(args.rounds) for s in servers
+            (m, r, s)
+            for m in modes
+            for r in range(args.rounds)
+            for s in servers
+            if m == PEER_MODE or not s.command
         ):
             log = logdir / f"{mode}-{server.name}-{round_}.log"
             try:
@@ -285,7 +338,9 @@ def main() -> int:
         meta |= {"server_cpu": server_cpu, "client_cpu": client_cpu}
         report = {"meta": meta, "results": results, "notes": notes}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    complete = all(r.get(s.name) for r in results for s in servers)
+    complete = all(
+        r.get(s.name) for r in results for s in servers if r["mode"] == PEER_MODE or not s.command
+    )
     return 0 if complete and not any(n.startswith("interrupted") for n in notes) else 1
 
 

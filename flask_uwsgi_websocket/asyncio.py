@@ -111,7 +111,9 @@ class AsyncioWebSocketClient(Client):
     async def _wait(self, timeout: float | None) -> None:
         future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(future)
-        mine = self._task is not None and asyncio.current_task() is self._task
+        # The loop given: without it, Python 3.11 looks the running loop up with a getpid()
+        # system call, one per message.
+        mine = self._task is not None and asyncio.current_task(self._loop) is self._task
         self._task_waiting += mine
         timer = None
         if timeout is not None:
@@ -242,9 +244,9 @@ class AsyncioWebSocketClient(Client):
         connection = self.connection
         while connection.fragmenting:
             await self._wait(None)
-        connection.send(message)
-        while connection.backlogged:
-            await self._wait(None)
+        if connection.send(message):
+            while connection.backlogged:
+                await self._wait(None)
 
     async def _send_fragments(self, message: Iterable[Message] | AsyncIterable[Message]) -> None:
         connection = self.connection

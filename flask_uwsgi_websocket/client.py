@@ -352,7 +352,12 @@ class BlockingClient(Client):
         if binary:
             self.send_binary(message)  # type: ignore[arg-type]
             return
-        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+        payload: bytes | bytearray | memoryview
+        if isinstance(message, str):
+            opcode, payload = Opcode.TEXT, message.encode()
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            opcode, payload = Opcode.BINARY, message
+        else:
             self._send_fragments(fragments(message))
             return
         if worker_metrics.pushing:
@@ -361,9 +366,9 @@ class BlockingClient(Client):
         with connection.lock:
             while connection.fragmenting:
                 self._wait(None)
-            connection.send(message)
-            while connection.backlogged:
-                self._wait(None)
+            if connection.send_frame(opcode, payload):
+                while connection.backlogged:
+                    self._wait(None)
 
     def _send_fragments(self, pieces: Iterator[FrameToSend]) -> None:
         connection = self.connection

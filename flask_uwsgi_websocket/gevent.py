@@ -127,7 +127,13 @@ class GeventWebSocketClient(BlockingClient):
             else:
                 for waiter in waiters:
                     self._hub.loop.run_callback(waiter.switch, None)
-        if self._handler is not None and not self.connection.connected:
+        # A handler waiting in this connection's methods was just woken and sees the close
+        # itself; asked first, as the connection's state costs two Python calls.
+        if (
+            self._handler is not None
+            and not self._handler_waiting
+            and not self.connection.connected
+        ):
             self._hub.loop.run_callback(self._stop_handler)
 
     def _stop_handler(self) -> None:

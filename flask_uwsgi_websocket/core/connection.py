@@ -80,6 +80,20 @@ def _nothing() -> None:
     pass
 
 
+class _NoLock:
+    """The lock of a connection whose callbacks run where its owner runs (gevent, asyncio):
+    nothing to guard. Its two methods are a C function that ignores its arguments and
+    returns ``""`` (falsy: exceptions pass), so ``with connection.lock:`` runs no Python
+    frame, unlike ``contextlib.nullcontext``: three times per echoed message."""
+
+    __slots__ = ()
+    __enter__: Callable[..., str] = "".format
+    __exit__: Callable[..., str] = "".format
+
+
+_NO_LOCK: contextlib.AbstractContextManager[Any] = _NoLock()  # type: ignore[assignment]
+
+
 @contextlib.contextmanager
 def _borrowed(fd: int) -> Iterator[socket.socket]:
     """``fd`` as a socket object for a moment, for the calls ``os`` lacks; the descriptor
@@ -130,7 +144,7 @@ class Connection:
         self.options = options
         self.reactor = reactor
         #: Held around every change of state; see the class docstring.
-        self.lock: contextlib.AbstractContextManager[Any] = lock or contextlib.nullcontext()
+        self.lock: contextlib.AbstractContextManager[Any] = lock or _NO_LOCK
         self._wake = wake
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol = handshake.subprotocol if handshake is not None else None
@@ -138,6 +152,11 @@ class Connection:
         if handshake is not None:
             self.protocol.extensions = list(handshake.extensions)
         self._max_size = options.max_message_size
+        #: Whether messages can still be sent: the closing handshake has not begun. The
+        #: protocol's state is OPEN, read again after every call that may change it (they
+        #: all end in _flush_protocol): an attribute, where the state is a Python property
+        #: and the hot paths ask for it on every message.
+        self.connected = True
         os.set_blocking(fd, False)
         with _borrowed(fd) as sock, contextlib.suppress(OSError):
             # Nagle's delays hurt small frames; not on AF_UNIX.
@@ -148,7 +167,8 @@ class Connection:
         self._decoder: codecs.IncrementalDecoder | None = None
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
-        self._fragmenting = False  # a fragmented message is being sent
+        #: Whether a fragmented message is being sent: other messages wait for its end.
+        self.fragmenting = False
         self._held: list[bytes] = []  # broadcasts that wait for its end
         self._held_size = 0
         self._out: deque[bytes | bytearray | memoryview] = deque()
@@ -185,11 +205,6 @@ class Connection:
             self._schedule_keepalive()
 
     @property
-    def connected(self) -> bool:
-        """Whether messages can still be sent: the closing handshake has not begun."""
-        return self.protocol.state is OPEN
-
-    @property
     def closed(self) -> bool:
         """Whether the connection is over: both sides are done or it was aborted."""
         return self.protocol.state is CLOSED
@@ -218,7 +233,7 @@ class Connection:
     @property
     def backlogged(self) -> bool:
         """Whether a sender should wait: over ``write_limit`` bytes wait to be sent."""
-        return self._out_size > self.options.write_limit and self.protocol.state is OPEN
+        return self._out_size > self.options.write_limit and self.connected
 
     def closed_error(self) -> ConnectionClosed:
         """The :class:`ConnectionClosed` that tells the peer's close code and reason."""
@@ -232,7 +247,7 @@ class Connection:
             if not self._reading:
                 self._update_reading()
             return message
-        if self.protocol.state is CLOSED:
+        if not self.connected and self.protocol.state is CLOSED:
             raise self.closed_error()
         return None
 
@@ -319,19 +334,22 @@ class Connection:
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
-            if protocol.state is not OPEN and protocol.eof_sent:
+            if protocol.eof_sent and protocol.state is not OPEN:
                 # Failed, or the peer's close came: the protocol discards the rest.
                 # (Closing since our close frame, it still reads frames: one at a time
                 # below, so that none is answered after a bad one.)
                 pos = self._feed_rest(view, pos)
                 break
-            header = read_header(view, pos, end)
-            if header is None:
+            b1 = view[pos + 1]
+            if b1 & 0x7F < 126:  # a short frame's header, inline: one call less per message
+                start, length = pos + (6 if b1 & 0x80 else 2), b1 & 0x7F
+            elif (header := read_header(view, pos, end)) is None:
                 # The length is not all in; the first two bytes may be refused already.
-                if self._refused_early(view[pos], view[pos + 1], None):
+                if self._refused_early(view[pos], b1, None):
                     pos = self._feed_rest(view, pos)
                 break
-            start, length = header
+            else:
+                start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
                 pos = self._feed_rest(view, pos)
@@ -415,7 +433,7 @@ class Connection:
             assert isinstance(event, Frame)  # the handshake was done before: only frames
             self._on_frame(event)
         self._flush_protocol()
-        if self.protocol.state is not OPEN:
+        if not self.connected:
             self._start_close_timer()
 
     def _on_frame(self, frame: Frame) -> None:
@@ -477,7 +495,28 @@ class Connection:
 
     # Writing.
 
-    def _write(self, *chunks: bytes | bytearray | memoryview) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` after everything written before; never blocks. The one-chunk
+        case of :meth:`_writev`, without its loop: every echo and broadcast comes here."""
+        out = self._out
+        if out or self._eof_pending:
+            out.append(data)
+            self._out_size += len(data)
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._connection_lost()
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:] if sent else data
+            out.append(rest)
+            self._out_size += len(rest)
+            self._update_writing()
+
+    def _writev(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` after everything written before; never blocks.
 
         Several chunks go out in one ``writev``: a frame written in two calls
@@ -491,7 +530,7 @@ class Connection:
                 self._out_size += len(chunk)
             return
         try:
-            sent = os.write(self.fd, chunks[0]) if len(chunks) == 1 else os.writev(self.fd, chunks)
+            sent = os.writev(self.fd, chunks)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -543,6 +582,7 @@ class Connection:
                 self._linger_timer = self.reactor.call_later(LINGER, self._on_linger)
             else:
                 self._half_close()
+        self.connected = self.protocol.state is OPEN
 
     def _half_close(self) -> None:
         if self._out:
@@ -582,29 +622,32 @@ class Connection:
             self.reactor.watch_write(self.on_writable if want else None)
 
     def _update_reading(self) -> None:
+        # The protocol's state last: it is a Python property, and this runs on every read.
+        options = self.options
         want = not self._eof_received and not (
-            self.protocol.state is OPEN
-            and (
-                len(self._messages) >= self.options.max_queue
-                or self._out_size > self.options.write_limit
+            (
+                len(self._messages) >= options.max_queue
+                or self._out_size > options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
+            and self.connected
         )
         if want != self._reading:
             self._reading = want
             self.reactor.watch_read(self.on_readable if want else None)
-        if self.protocol.state is CLOSED and self._eof_received:
+        if self._eof_received and self.protocol.state is CLOSED:
             self._stop_timers()
 
     # Sending, closing, keepalive.
 
-    def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+    def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview) -> bool:
         """Send a text or binary frame; raises :class:`ConnectionClosed` once closing.
-        With the lock held; never waits (see :attr:`backlogged`)."""
+        With the lock held; never waits. Returns whether the sender should wait now
+        (:attr:`backlogged`; told here, as asking costs a call per message)."""
         protocol = self.protocol
-        if protocol.state is not OPEN:
+        if not self.connected:
             raise self.closed_error()
-        if self._fragmenting:
+        if self.fragmenting:
             raise WebSocketError("a fragmented message is being sent: wait for its end")
         if type(payload) is not bytes:
             # A copy: the caller may reuse its buffer once send() returned, and a memoryview's
@@ -618,15 +661,13 @@ class Connection:
             else:
                 protocol.send_binary(payload)
             self._flush_protocol()
-        elif len(payload) > COPY_LIMIT:
-            self._write(frame_header(opcode, len(payload)), payload)
+        elif (length := len(payload)) < 126:  # the header, inline: the echo's hot path
+            self._write(bytes((0x80 | opcode, length)) + payload)
+        elif length > COPY_LIMIT:
+            self._writev(frame_header(opcode, length), payload)
         else:
-            self._write(frame_header(opcode, len(payload)) + payload)
-
-    @property
-    def fragmenting(self) -> bool:
-        """Whether a fragmented message is being sent: other messages wait for its end."""
-        return self._fragmenting
+            self._write(frame_header(opcode, length) + payload)
+        return self._out_size > self.options.write_limit
 
     def send_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         """Send a fragment of a message: ``opcode`` TEXT or BINARY for the first one,
@@ -646,18 +687,19 @@ class Connection:
                 protocol.send_continuation(payload, fin)
             self._flush_protocol()
         else:
-            self._write(frame_header(opcode, len(payload), fin), payload)
-        self._fragmenting = not fin
+            self._writev(frame_header(opcode, len(payload), fin), payload)
+        self.fragmenting = not fin
         if fin and self._held:
             held, self._held, self._held_size = self._held, [], 0
-            self._write(*held)
+            self._writev(*held)
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
-        """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held."""
+    def send(self, message: Message | bytearray | memoryview) -> bool:
+        """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held.
+        Returns whether the sender should wait now, as :meth:`send_frame`."""
         if isinstance(message, str):
-            self.send_frame(Opcode.TEXT, message.encode())
+            return self.send_frame(Opcode.TEXT, message.encode())
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self.send_frame(Opcode.BINARY, message)
+            return self.send_frame(Opcode.BINARY, message)
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
@@ -667,7 +709,7 @@ class Connection:
         already waiting and ``frame`` would take it over ``max_send_buffer``. Does nothing
         once closing; never waits."""
         with self.lock:
-            if self.protocol.state is not OPEN:
+            if not self.connected:
                 return
             limit = self.options.max_send_buffer
             waiting = self._out_size + self._held_size
@@ -678,11 +720,25 @@ class Connection:
                 return
             self.messages_out += 1
             self.bytes_out += len(frame) if size is None else size
-            if self._fragmenting:  # not inside another message: after its last fragment
+            if self.fragmenting:  # not inside another message: after its last fragment
                 self._held.append(frame)
                 self._held_size += len(frame)
-            else:
+            elif self._out or self._eof_pending:
                 self._write(frame)
+            else:
+                # Idle: what _write does, without its call, once per recipient of a broadcast.
+                try:
+                    sent = os.write(self.fd, frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._connection_lost()
+                    return
+                if sent < len(frame):
+                    rest = memoryview(frame)[sent:] if sent else frame
+                    self._out.append(rest)
+                    self._out_size += len(rest)
+                    self._update_writing()
 
     def ping(self, data: bytes | str | None = None) -> Ping:
         """Send a ping with ``data`` (``None``: 4 random bytes); its :class:`Ping` is
