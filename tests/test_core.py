@@ -929,6 +929,20 @@ def test_fragments_are_sent_and_broadcasts_wait_for_the_last(make: Callable[...,
     ]  # fmt: skip
 
 
+def test_more_broadcasts_held_than_writev_takes_all_go_out(make: Callable[..., Harness]) -> None:
+    h = make(compression=None)
+    count = 2 * os.sysconf("SC_IOV_MAX")  # one writev of them would fail with EINVAL
+    with h.lock:
+        h.connection.send_fragment(TEXT, b"a", fin=False)
+    for i in range(count):
+        h.connection.deliver(build_frame(Opcode.TEXT, str(i).encode()))
+    with h.lock:
+        h.connection.send_fragment(CONT, b"b", fin=True)
+    frames = h.run_until(lambda: len(h.peer.pump()) == count + 2 and h.peer.frames)
+    assert [bytes(f.data) for f in frames[2:]] == [str(i).encode() for i in range(count)]
+    assert h.connection.connected
+
+
 # 5. The closing handshake.
 
 

@@ -691,7 +691,8 @@ class Connection:
         self.fragmenting = not fin
         if fin and self._held:
             held, self._held, self._held_size = self._held, [], 0
-            self._writev(*held)
+            # One buffer, not a writev of the frames: there may be more than IOV_MAX.
+            self._write(b"".join(held))
 
     def send(self, message: Message | bytearray | memoryview) -> bool:
         """Send ``message``: ``str`` as text, bytes-like as binary. With the lock held.
