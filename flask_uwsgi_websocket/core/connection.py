@@ -105,6 +105,22 @@ class Ping:
         self.latency: float | None = None
 
 
+class _Partial:
+    """How far the UTF-8 of a text frame not all in yet was checked (see
+    ``Connection._check_partial``)."""
+
+    __slots__ = ("checked", "decoder", "head", "length", "pieces")
+
+    def __init__(
+        self, decoder: codecs.IncrementalDecoder, head: int, length: int, pieces: list[str] | None
+    ) -> None:
+        self.decoder = decoder
+        self.head = head  # the frame's header size: where its payload starts
+        self.length = length  # of the payload
+        self.checked = 0  # bytes of the payload checked
+        self.pieces = pieces  # the text decoded so far, for a whole frame of the fast path
+
+
 class Connection:
     """One WebSocket connection over the socket ``fd``, after the opening handshake.
 
@@ -146,6 +162,8 @@ class Connection:
         self._messages: deque[Message] = deque()
         self._fragments = bytearray()  # the fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._partial: _Partial | None = None  # the check of a text frame not all in yet
+        self._holding = False  # a bad frame waits for the messages before it (_hold)
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
         self._fragmenting = False  # a fragmented message is being sent
@@ -232,6 +250,10 @@ class Connection:
             if not self._reading:
                 self._update_reading()
             return message
+        if self._holding:  # every message before the held frame was taken
+            self._release()
+            if self._messages:
+                return self.next_message()
         if self.protocol.state is CLOSED:
             raise self.closed_error()
         return None
@@ -241,6 +263,8 @@ class Connection:
         final)``, text as ``str``, binary as ``bytes``; ``None``: none yet. A message that
         arrived whole comes whole, final. Raises :class:`ConnectionClosed` once closed and
         every message was taken. With the lock held; set :attr:`streaming` meanwhile."""
+        if not self._messages and self._holding:
+            self._release()
         if self._messages:
             message = self._messages.popleft()
             if not self._reading:
@@ -316,6 +340,15 @@ class Connection:
         messages = self._messages
         count = size = 0  # of the messages taken on the fast path
         streaming = self.streaming
+        partial = self._partial  # of the frame at view[0], checked as far as it had come
+        if partial is not None:
+            self._partial = None
+            if (
+                partial.pieces is not None
+                and not (streaming and len(self._fragments) >= STREAM_BUFFER)
+                and not (protocol.state is not OPEN and protocol.eof_sent)
+            ):
+                pos = self._finish_partial(view, end, partial)
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
@@ -329,19 +362,32 @@ class Connection:
             if header is None:
                 # The length is not all in; the first two bytes may be refused already.
                 if self._refused_early(view[pos], view[pos + 1], None):
+                    if self._hold():
+                        break
                     pos = self._feed_rest(view, pos)
                 break
             start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
+                if self._hold():
+                    break
                 pos = self._feed_rest(view, pos)
                 break
             stop = start + length
             if stop > end:
                 # Incomplete: wait for the rest, unless the protocol refuses the frame
-                # from its header alone; then it fails now, as it would on its own.
+                # from its header alone, or it is text and what came of it is not UTF-8;
+                # then it fails now, as it would on its own (RFC 6455, 8.1: fail fast).
                 if self._refused_early(view[pos], view[pos + 1], length):
-                    pos = self._feed_rest(view, pos)
+                    if not self._hold():
+                        pos = self._feed_rest(view, pos)
+                elif start < end and self._checks_utf8(view[pos]):
+                    error = self._check_partial(
+                        view, pos, start, end, length, None if pos else partial
+                    )
+                    if error is not None and not self._hold():
+                        self.fail(1007, f"invalid UTF-8: {error.reason} in a frame still arriving")
+                        pos = end
                 break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
@@ -349,18 +395,26 @@ class Connection:
             # ever agreed, would pass it through unchanged.
             if (b0 == 0x81 or b0 == 0x82) and masked and protocol.current_size is None:
                 payload = apply_mask(view[start:stop], view[start - 4 : start])
-                count += 1
-                size += length
                 if b0 == 0x81:
                     try:
                         messages.append(payload.decode())
                     except UnicodeDecodeError as exc:
+                        if self._hold():
+                            break
                         self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
                         pos = end
                         break
                 else:
                     messages.append(payload)
+                count += 1
+                size += length
             else:
+                if (
+                    messages
+                    and self._suspect(b0, view[pos + 1], length, view, start, stop)
+                    and self._hold()
+                ):
+                    break
                 if b0 & 0x0F == 0x8 and protocol.current_size is not None:
                     # RFC 6455 allows a close frame between fragments: the unfinished
                     # message is dropped and the close answered (websockets says 1002).
@@ -378,6 +432,132 @@ class Connection:
             del buf[:pos]
         else:
             self._inbuf = bytearray(view[pos:])
+
+    def _hold(self) -> bool:
+        """Whether the frame at hand, which fails the connection (or may), waits in
+        ``_inbuf`` for the messages before it to be taken; if so, reading stops until
+        then (see :meth:`next_message`). So what a handler sends in answer to them goes
+        out before the close frame, as it would had the frames come one by one."""
+        if self._messages and self.protocol.state is OPEN:
+            self._holding = True
+            return True
+        return False
+
+    def _suspect(
+        self, b0: int, b1: int, length: int, view: bytes | bytearray, start: int, stop: int
+    ) -> bool:
+        """Whether the frame at ``view[:stop]``, with payload from ``start``, which the
+        protocol is about to be fed (not one of the fast path), may fail the connection:
+        a header it refuses, reserved bits no extension explains, a control frame
+        fragmented or over 125 bytes, a fragment out of sequence, a text fragment that is
+        not UTF-8. A frame wrongly suspected only waits (see :meth:`_hold`)."""
+        if self._refused_early(b0, b1, length):
+            return True
+        opcode = b0 & 0x0F
+        rsv = b0 & 0x70
+        if opcode >= Opcode.CLOSE:
+            return bool(rsv) or not b0 & 0x80 or length > 125
+        if (opcode == Opcode.CONT) != (self.protocol.current_size is not None):
+            return True
+        if rsv:
+            return rsv != 0x40 or opcode == Opcode.CONT or not self.protocol.extensions
+        if not self._checks_utf8(b0):
+            return False
+        decoder = _utf8_decoder()
+        if opcode == Opcode.CONT:
+            assert self._decoder is not None
+            decoder.setstate(self._decoder.getstate())  # the message's, left as it is
+        try:
+            decoder.decode(apply_mask(view[start:stop], view[start - 4 : start]), b0 & 0x80)
+        except UnicodeDecodeError:
+            return True
+        return False
+
+    def _release(self) -> None:
+        """Act on the frames held by :meth:`_hold`: the messages before them were taken,
+        or the closing handshake began. With the lock held."""
+        self._holding = False
+        try:
+            self._receive(b"")
+        except Exception:  # a bug here must not take the worker down
+            logger.exception("WebSocket connection %s failed", self.id)
+            self.fail(1011, "internal error")
+        self._update_reading()
+        self._wake()
+
+    def _checks_utf8(self, b0: int) -> bool:
+        """Whether a frame that begins with ``b0``, not all in yet, is text whose UTF-8
+        can be checked as it comes: not compressed (only inflated whole)."""
+        if b0 & 0x70:
+            return False
+        opcode = b0 & 0x0F
+        if opcode == Opcode.TEXT:
+            return self.protocol.current_size is None
+        return (
+            opcode == Opcode.CONT
+            and self.protocol.current_size is not None
+            and self._decoder is not None
+            and not self.protocol.extensions
+        )
+
+    def _check_partial(
+        self,
+        view: bytes | bytearray,
+        pos: int,
+        start: int,
+        end: int,
+        length: int,
+        partial: _Partial | None,
+    ) -> UnicodeDecodeError | None:
+        """Check the UTF-8 of the text frame at ``view[pos:end]``, of a ``length``-byte
+        payload from ``start`` not all in yet, from where ``partial`` (``None``: from its
+        start) left off; the error if it is not valid so far. The check is kept for the next read
+        (``_partial``), with a fast-path frame's text, so that none is decoded twice."""
+        if partial is None:
+            decoder = _utf8_decoder()
+            b0 = view[pos]
+            if b0 & 0x0F == Opcode.CONT:
+                assert self._decoder is not None
+                decoder.setstate(self._decoder.getstate())  # the message's, left as it is
+            partial = _Partial(decoder, start - pos, length, [] if b0 == 0x81 else None)
+        checked = partial.checked
+        key = view[start - 4 : start]
+        shift = checked % 4
+        if shift:
+            key = key[shift:] + key[:shift]
+        try:
+            text = partial.decoder.decode(apply_mask(view[start + checked : end], key))
+        except UnicodeDecodeError as error:
+            return error
+        if partial.pieces is not None:
+            partial.pieces.append(text)
+        partial.checked = end - start
+        self._partial = partial
+        return None
+
+    def _finish_partial(self, view: bytes | bytearray, end: int, partial: _Partial) -> int:
+        """Take the fast-path text frame at ``view[0:end]`` that :meth:`_check_partial`
+        decoded in part, if it is all in and valid: return where it ends; else 0."""
+        start = partial.head
+        stop = start + partial.length
+        if stop > end:
+            return 0
+        checked = partial.checked
+        key = view[start - 4 : start]
+        shift = checked % 4
+        if shift:
+            key = key[shift:] + key[:shift]
+        assert partial.pieces is not None
+        try:
+            partial.pieces.append(
+                partial.decoder.decode(apply_mask(view[start + checked : stop], key), True)
+            )
+        except UnicodeDecodeError:
+            return 0  # the frame is decoded whole again, and refused
+        self._messages.append("".join(partial.pieces))
+        self.messages_in += 1
+        self.bytes_in += partial.length
+        return stop
 
     def _feed_rest(self, view: bytes | bytearray, pos: int) -> int:
         """Feed ``view[pos:]`` to the protocol whole and act on it; return its end."""
@@ -400,6 +580,7 @@ class Connection:
     def _receive_eof(self) -> None:
         self._eof_received = True
         self._inbuf.clear()
+        self._partial = None
         self.protocol.receive_eof()
         self._after_protocol()
         if self._linger_timer is not None:
@@ -588,6 +769,7 @@ class Connection:
                 len(self._messages) >= self.options.max_queue
                 or self._out_size > self.options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
+                or self._holding
             )
         )
         if want != self._reading:
@@ -710,6 +892,8 @@ class Connection:
             self.protocol.send_close(code, reason)
             self._flush_protocol()
             self._start_close_timer(timeout)
+            if self._holding:  # closing, the protocol reads the frames held back
+                self._release()
             self._update_reading()  # read the peer's answer even when the queue is full
 
     def fail(self, code: int, reason: str) -> None:
