@@ -468,7 +468,7 @@ class Connection:
             assert self._decoder is not None
             decoder.setstate(self._decoder.getstate())  # the message's, left as it is
         try:
-            decoder.decode(apply_mask(view[start:stop], view[start - 4 : start]), b0 & 0x80)
+            decoder.decode(apply_mask(view[start:stop], view[start - 4 : start]), bool(b0 & 0x80))
         except UnicodeDecodeError:
             return True
         return False
