@@ -24,6 +24,14 @@ two ways agree. Outgoing data frames are likewise serialized here (a 2 to
 control frames go through the protocol, with its permessage-deflate
 extension.
 
+Invalid UTF-8 fails the connection (1007) at the bad byte (RFC 6455, 8.1): the
+part that has come of an uncompressed text frame, or of a fragment of a text
+message, is checked as it comes, with an incremental decoder, and a fast-path
+frame's text is kept so that it is decoded once. A frame that fails the
+connection, or may (see ``Connection._suspect``), after messages the caller has
+not taken yet waits for them (reading stops): what a handler sends in answer to
+them goes out before the close frame, as had each frame come in a read of its own.
+
 Methods that say "with the lock held" are called inside ``with connection.lock:``;
 the others take it themselves.
 """
@@ -78,6 +86,16 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 def _nothing() -> None:
     pass
+
+
+def _unmask(view: bytes | bytearray, start: int, begin: int, end: int) -> bytes:
+    """``view[begin:end]`` unmasked, a part of the masked payload that starts at ``start``
+    (after its masking key)."""
+    key = view[start - 4 : start]
+    shift = (begin - start) % 4
+    if shift:
+        key = key[shift:] + key[:shift]
+    return apply_mask(view[begin:end], key)
 
 
 @contextlib.contextmanager
@@ -463,12 +481,8 @@ class Connection:
             return rsv != 0x40 or opcode == Opcode.CONT or not self.protocol.extensions
         if not self._checks_utf8(b0):
             return False
-        decoder = _utf8_decoder()
-        if opcode == Opcode.CONT:
-            assert self._decoder is not None
-            decoder.setstate(self._decoder.getstate())  # the message's, left as it is
         try:
-            decoder.decode(apply_mask(view[start:stop], view[start - 4 : start]), bool(b0 & 0x80))
+            self._text_decoder(b0).decode(_unmask(view, start, start, stop), bool(b0 & 0x80))
         except UnicodeDecodeError:
             return True
         return False
@@ -500,6 +514,15 @@ class Connection:
             and not self.protocol.extensions
         )
 
+    def _text_decoder(self, b0: int) -> codecs.IncrementalDecoder:
+        """A decoder for the text frame that begins with ``b0``: a continuation's starts
+        where its message's is, which is left as it is."""
+        decoder = _utf8_decoder()
+        if b0 & 0x0F == Opcode.CONT:
+            assert self._decoder is not None
+            decoder.setstate(self._decoder.getstate())
+        return decoder
+
     def _check_partial(
         self,
         view: bytes | bytearray,
@@ -511,22 +534,15 @@ class Connection:
     ) -> UnicodeDecodeError | None:
         """Check the UTF-8 of the text frame at ``view[pos:end]``, of a ``length``-byte
         payload from ``start`` not all in yet, from where ``partial`` (``None``: from its
-        start) left off; the error if it is not valid so far. The check is kept for the next read
-        (``_partial``), with a fast-path frame's text, so that none is decoded twice."""
+        start) left off; the error if it is not valid so far. The check is kept for the
+        next read (``_partial``), with a fast-path frame's text, so that none is decoded
+        twice."""
         if partial is None:
-            decoder = _utf8_decoder()
             b0 = view[pos]
-            if b0 & 0x0F == Opcode.CONT:
-                assert self._decoder is not None
-                decoder.setstate(self._decoder.getstate())  # the message's, left as it is
-            partial = _Partial(decoder, start - pos, length, [] if b0 == 0x81 else None)
-        checked = partial.checked
-        key = view[start - 4 : start]
-        shift = checked % 4
-        if shift:
-            key = key[shift:] + key[:shift]
+            pieces: list[str] | None = [] if b0 == 0x81 else None
+            partial = _Partial(self._text_decoder(b0), start - pos, length, pieces)
         try:
-            text = partial.decoder.decode(apply_mask(view[start + checked : end], key))
+            text = partial.decoder.decode(_unmask(view, start, start + partial.checked, end))
         except UnicodeDecodeError as error:
             return error
         if partial.pieces is not None:
@@ -542,16 +558,10 @@ class Connection:
         stop = start + partial.length
         if stop > end:
             return 0
-        checked = partial.checked
-        key = view[start - 4 : start]
-        shift = checked % 4
-        if shift:
-            key = key[shift:] + key[:shift]
         assert partial.pieces is not None
         try:
-            partial.pieces.append(
-                partial.decoder.decode(apply_mask(view[start + checked : stop], key), True)
-            )
+            rest = _unmask(view, start, start + partial.checked, stop)
+            partial.pieces.append(partial.decoder.decode(rest, True))
         except UnicodeDecodeError:
             return 0  # the frame is decoded whole again, and refused
         self._messages.append("".join(partial.pieces))
