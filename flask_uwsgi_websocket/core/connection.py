@@ -347,26 +347,28 @@ class Connection:
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
         buf = self._inbuf
+        pos = 0
+        streaming = self.streaming
         if buf:
             buf += data
             view: bytes | bytearray = buf
+            # The frame at buf[0] may have been checked (UTF-8) as far as it had come.
+            partial = self._partial
+            if partial is not None:
+                self._partial = None
+                if (
+                    partial.pieces is not None
+                    and not (streaming and len(self._fragments) >= STREAM_BUFFER)
+                    and not (protocol.state is not OPEN and protocol.eof_sent)
+                ):
+                    pos = self._finish_partial(buf, len(buf), partial)
         else:
             view = data
+            partial = None
         end = len(view)
-        pos = 0
         max_size = self._max_size
         messages = self._messages
         count = size = 0  # of the messages taken on the fast path
-        streaming = self.streaming
-        partial = self._partial  # of the frame at view[0], checked as far as it had come
-        if partial is not None:
-            self._partial = None
-            if (
-                partial.pieces is not None
-                and not (streaming and len(self._fragments) >= STREAM_BUFFER)
-                and not (protocol.state is not OPEN and protocol.eof_sent)
-            ):
-                pos = self._finish_partial(view, end, partial)
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
