@@ -352,19 +352,18 @@ class Connection:
         if buf:
             buf += data
             view: bytes | bytearray = buf
-            # The frame at buf[0] may have been checked (UTF-8) as far as it had come.
+            # The text frame at buf[0] may have been checked (UTF-8) as far as it had come.
             partial = self._partial
             if partial is not None:
                 self._partial = None
-                if (
-                    partial.pieces is not None
-                    and not (streaming and len(self._fragments) >= STREAM_BUFFER)
-                    and not (protocol.state is not OPEN and protocol.eof_sent)
+                if not (streaming and len(self._fragments) >= STREAM_BUFFER) and not (
+                    protocol.state is not OPEN and protocol.eof_sent
                 ):
-                    pos = self._finish_partial(buf, len(buf), partial)
+                    pos = self._continue_partial(buf, partial)
+                    if pos < 0:
+                        return  # still arriving, valid so far
         else:
             view = data
-            partial = None
         end = len(view)
         max_size = self._max_size
         messages = self._messages
@@ -402,9 +401,7 @@ class Connection:
                     if not self._hold():
                         pos = self._feed_rest(view, pos)
                 elif start < end and self._checks_utf8(view[pos]):
-                    error = self._check_partial(
-                        view, pos, start, end, length, None if pos else partial
-                    )
+                    error = self._check_partial(view, pos, start, end, length)
                     if error is not None and not self._hold():
                         self.fail(1007, f"invalid UTF-8: {error.reason} in a frame still arriving")
                         pos = end
@@ -526,23 +523,21 @@ class Connection:
         return decoder
 
     def _check_partial(
-        self,
-        view: bytes | bytearray,
-        pos: int,
-        start: int,
-        end: int,
-        length: int,
-        partial: _Partial | None,
+        self, view: bytes | bytearray, pos: int, start: int, end: int, length: int
     ) -> UnicodeDecodeError | None:
         """Check the UTF-8 of the text frame at ``view[pos:end]``, of a ``length``-byte
-        payload from ``start`` not all in yet, from where ``partial`` (``None``: from its
-        start) left off; the error if it is not valid so far. The check is kept for the
-        next read (``_partial``), with a fast-path frame's text, so that none is decoded
-        twice."""
-        if partial is None:
-            b0 = view[pos]
-            pieces: list[str] | None = [] if b0 == 0x81 else None
-            partial = _Partial(self._text_decoder(b0), start - pos, length, pieces)
+        payload from ``start``, not all in yet; the error if it is not valid so far. The
+        check is kept (``_partial``) for :meth:`_continue_partial`."""
+        b0 = view[pos]
+        pieces: list[str] | None = [] if b0 == 0x81 else None
+        partial = _Partial(self._text_decoder(b0), start - pos, length, pieces)
+        return self._check_more(partial, view, start, end)
+
+    def _check_more(
+        self, partial: _Partial, view: bytes | bytearray, start: int, end: int
+    ) -> UnicodeDecodeError | None:
+        """Check the payload of ``partial``'s frame, from ``start`` in ``view``, up to
+        ``end``, after what was checked; keep the check if valid so far."""
         try:
             text = partial.decoder.decode(_unmask(view, start, start + partial.checked, end))
         except UnicodeDecodeError as error:
@@ -553,19 +548,24 @@ class Connection:
         self._partial = partial
         return None
 
-    def _finish_partial(self, view: bytes | bytearray, end: int, partial: _Partial) -> int:
-        """Take the fast-path text frame at ``view[0:end]`` that :meth:`_check_partial`
-        decoded in part, if it is all in and valid: return where it ends; else 0."""
+    def _continue_partial(self, buf: bytearray, partial: _Partial) -> int:
+        """Go on with the text frame at the start of ``buf``, which :meth:`_check_partial`
+        checked as far as it had come. Still arriving: check what came since; -1 if valid
+        so far. All in: take it if it is a fast-path frame (its text decoded once) and
+        valid, and return where it ends. 0: the caller reads the frame as if unchecked
+        (a fragment for the protocol, or invalid UTF-8 to refuse)."""
         start = partial.head
         stop = start + partial.length
+        end = len(buf)
         if stop > end:
+            return -1 if self._check_more(partial, buf, start, end) is None else 0
+        if partial.pieces is None:
             return 0
-        assert partial.pieces is not None
         try:
-            rest = _unmask(view, start, start + partial.checked, stop)
+            rest = _unmask(buf, start, start + partial.checked, stop)
             partial.pieces.append(partial.decoder.decode(rest, True))
         except UnicodeDecodeError:
-            return 0  # the frame is decoded whole again, and refused
+            return 0
         self._messages.append("".join(partial.pieces))
         self.messages_in += 1
         self.bytes_in += partial.length
