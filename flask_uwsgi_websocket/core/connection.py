@@ -352,16 +352,10 @@ class Connection:
         if buf:
             buf += data
             view: bytes | bytearray = buf
-            # The text frame at buf[0] may have been checked (UTF-8) as far as it had come.
-            partial = self._partial
-            if partial is not None:
-                self._partial = None
-                if not (streaming and len(self._fragments) >= STREAM_BUFFER) and not (
-                    protocol.state is not OPEN and protocol.eof_sent
-                ):
-                    pos = self._continue_partial(buf, partial)
-                    if pos < 0:
-                        return  # still arriving, valid so far
+            if self._partial is not None:
+                pos = self._continue_partial(buf)
+                if pos < 0:
+                    return  # a text frame still arriving, valid so far
         else:
             view = data
         end = len(view)
@@ -401,10 +395,7 @@ class Connection:
                     if not self._hold():
                         pos = self._feed_rest(view, pos)
                 elif start < end and self._checks_utf8(view[pos]):
-                    error = self._check_partial(view, pos, start, end, length)
-                    if error is not None and not self._hold():
-                        self.fail(1007, f"invalid UTF-8: {error.reason} in a frame still arriving")
-                        pos = end
+                    pos = self._check_partial(view, pos, start, end, length)
                 break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
@@ -524,14 +515,19 @@ class Connection:
 
     def _check_partial(
         self, view: bytes | bytearray, pos: int, start: int, end: int, length: int
-    ) -> UnicodeDecodeError | None:
+    ) -> int:
         """Check the UTF-8 of the text frame at ``view[pos:end]``, of a ``length``-byte
-        payload from ``start``, not all in yet; the error if it is not valid so far. The
-        check is kept (``_partial``) for :meth:`_continue_partial`."""
+        payload from ``start``, not all in yet. Valid so far: keep the check (``_partial``)
+        for :meth:`_continue_partial`, return ``pos``; else fail with 1007 and return
+        ``end`` (or hold the frame, see :meth:`_hold`, and return ``pos``)."""
         b0 = view[pos]
         pieces: list[str] | None = [] if b0 == 0x81 else None
         partial = _Partial(self._text_decoder(b0), start - pos, length, pieces)
-        return self._check_more(partial, view, start, end)
+        error = self._check_more(partial, view, start, end)
+        if error is None or self._hold():
+            return pos
+        self.fail(1007, f"invalid UTF-8: {error.reason} in a frame still arriving")
+        return end
 
     def _check_more(
         self, partial: _Partial, view: bytes | bytearray, start: int, end: int
@@ -548,12 +544,19 @@ class Connection:
         self._partial = partial
         return None
 
-    def _continue_partial(self, buf: bytearray, partial: _Partial) -> int:
+    def _continue_partial(self, buf: bytearray) -> int:
         """Go on with the text frame at the start of ``buf``, which :meth:`_check_partial`
         checked as far as it had come. Still arriving: check what came since; -1 if valid
         so far. All in: take it if it is a fast-path frame (its text decoded once) and
         valid, and return where it ends. 0: the caller reads the frame as if unchecked
-        (a fragment for the protocol, or invalid UTF-8 to refuse)."""
+        (a fragment for the protocol, invalid UTF-8 to refuse, or data not to read now)."""
+        partial = self._partial
+        assert partial is not None
+        self._partial = None
+        if (self.streaming and len(self._fragments) >= STREAM_BUFFER) or (
+            self.protocol.state is not OPEN and self.protocol.eof_sent
+        ):
+            return 0  # as the frame loop does: wait, or let the protocol discard it
         start = partial.head
         stop = start + partial.length
         end = len(buf)
