@@ -182,6 +182,8 @@ class Connection:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._partial: _Partial | None = None  # the check of a text frame not all in yet
         self._holding = False  # a bad frame waits for the messages before it (_hold)
+        # Reading stops while this many messages wait to be taken: max_queue, 0 while holding.
+        self._queue_limit = options.max_queue
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
         self._fragmenting = False  # a fragmented message is being sent
@@ -448,6 +450,7 @@ class Connection:
         out before the close frame, as it would had the frames come one by one."""
         if self._messages and self.protocol.state is OPEN:
             self._holding = True
+            self._queue_limit = 0
             return True
         return False
 
@@ -481,6 +484,7 @@ class Connection:
         """Act on the frames held by :meth:`_hold`: the messages before them were taken,
         or the closing handshake began. With the lock held."""
         self._holding = False
+        self._queue_limit = self.options.max_queue
         try:
             self._receive(b"")
         except Exception:  # a bug here must not take the worker down
@@ -781,10 +785,9 @@ class Connection:
         want = not self._eof_received and not (
             self.protocol.state is OPEN
             and (
-                len(self._messages) >= self.options.max_queue
+                len(self._messages) >= self._queue_limit
                 or self._out_size > self.options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
-                or self._holding
             )
         )
         if want != self._reading:
