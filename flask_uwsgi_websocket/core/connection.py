@@ -391,12 +391,13 @@ class Connection:
             stop = start + length
             if stop > end:
                 # Incomplete: wait for the rest, unless the protocol refuses the frame
-                # from its header alone, or it is text and what came of it is not UTF-8;
-                # then it fails now, as it would on its own (RFC 6455, 8.1: fail fast).
+                # from its header alone, or it is text (opcode 1, or 0 continuing text:
+                # no bit of 0x0E) and what came of it is not UTF-8; then it fails now, as
+                # it would on its own (RFC 6455, 8.1: fail fast).
                 if self._refused_early(view[pos], view[pos + 1], length):
                     if not self._hold():
                         pos = self._feed_rest(view, pos)
-                elif start < end and self._checks_utf8(view[pos]):
+                elif start < end and not view[pos] & 0x0E and self._checks_utf8(view[pos]):
                     pos = self._check_partial(view, pos, start, end, length)
                 break
             b0 = view[pos]
