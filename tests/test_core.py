@@ -564,12 +564,14 @@ def test_errors_close_alike_on_both_paths(
     before = h.peer.encode("before") if compressed else frame(TEXT, b"before")
     after = frame(TEXT, b"after")
     h.peer.send(before + build(h.peer) + after)  # one read: the batch stops at the error
+    # The error is acted on once the message before it is taken (see the hold tests below).
+    assert h.receive(1) == ["before"]
     close = h.run_until(h.peer.close_frame)
     assert close.code == code
     if code == 1007:
         assert close.reason.startswith("invalid UTF-8")
     assert not h.connection.connected
-    assert h.messages() == ["before"]  # nothing of the bad message nor after it
+    assert h.messages() == []  # nothing of the bad message nor after it
     # The client answers and closes (without waiting for the server's LINGER); a failing
     # server does not read the answer (RFC 6455, 7.1.7).
     h.peer.send(frame(CLOSE, close_payload(code)))
@@ -577,6 +579,145 @@ def test_errors_close_alike_on_both_paths(
     h.run_until(lambda: h.connection.closed)
     assert h.closed_error().code == 1006
     assert h.reactor.pending_timers == []
+
+
+# Invalid UTF-8 fails at the bad byte (RFC 6455, 8.1; Autobahn 6.4.3-4), not once its frame
+# has all come: the part of a text frame that came is checked as it comes.
+
+
+def test_invalid_utf8_fails_before_the_rest_of_its_frame(make: Callable[..., Harness]) -> None:
+    h = make()
+    whole = frame(TEXT, "\u03ba\u1f79\u03c3\u03bc\u03b5".encode() + b"\xf4\x90\x80\x80edited")
+    bad = 2 + 4 + 11 + 2  # the header, the key, the valid start, \xf4 and \x90: bad
+    h.peer.send(whole[: bad - 1])
+    h.reactor.run_for(0.05)
+    assert h.peer.close_frame() is None  # a valid start: waits for more
+    h.peer.send(whole[bad - 1 : bad])
+    close = h.run_until(h.peer.close_frame)
+    assert (close.code, close.reason) == (
+        1007,
+        "invalid UTF-8: invalid continuation byte in a frame still arriving",
+    )
+    h.peer.send(whole[bad:])  # discarded
+    h.finish()
+    assert h.messages() == []
+    assert h.closed_error().code == 1006
+
+
+def test_invalid_utf8_fails_before_the_rest_of_a_continuation(
+    make: Callable[..., Harness],
+) -> None:
+    h = make()
+    h.peer.send(frame(TEXT, b"ok \xe2", fin=False))  # ends inside a character
+    second = frame(CONT, b"\x82\xac then \xe2(bad", fin=False)
+    h.peer.send(second[: 6 + 9])  # the euro sign completed, the start of the next
+    h.reactor.run_for(0.05)
+    assert h.peer.close_frame() is None
+    h.peer.send(second[6 + 9 : 6 + 10])  # "(" cannot continue it
+    assert h.run_until(h.peer.close_frame).code == 1007
+    h.finish()
+    assert h.messages() == []
+
+
+def test_a_text_frame_in_many_reads_comes_whole(make: Callable[..., Harness]) -> None:
+    """Checked and decoded as it comes, in any pieces: characters and the masking key cut
+    anywhere, on the fast path (one frame) and in fragments; binary as it was."""
+    h = make(max_message_size=None)
+    text = "h\u00e9llo w\u00f6rld \u20ac\U0001f600 " * 300
+    data = text.encode()
+    cut = len(data) // 2
+    expected: list[str | bytes] = []
+    for wire, message in [
+        (frame(TEXT, data), text),
+        (frame(TEXT, data[:cut], fin=False) + frame(CONT, data[cut:]), text),
+        (frame(BINARY, data), data),
+    ]:
+        for size in (1, 3, 7, 4096):
+            for start in range(0, len(wire), size):
+                h.peer.send(wire[start : start + size])
+                h.reactor.run_once(0.0)
+            expected.append(message)
+    assert h.receive(len(expected), timeout=10.0) == expected
+    assert h.connection.messages_in == len(expected)
+    assert h.connection.bytes_in == sum(len(data) for _ in expected)
+
+
+def test_invalid_utf8_in_a_compressed_message_fails_at_its_frame(
+    make: Callable[..., Harness],
+) -> None:
+    """A compressed frame is inflated whole (by the permessage-deflate extension), so its
+    UTF-8 is checked when it has all come: a bad fragment fails before the message ends."""
+    h = make(compressed=True)
+    client = h.peer.protocol
+    client.send_text(b"valid start ", fin=False)
+    client.send_continuation(b"then \xff", fin=False)
+    h.peer.send(b"".join(client.data_to_send()))
+    assert h.run_until(h.peer.close_frame).code == 1007
+    assert h.messages() == []
+
+
+# A frame that fails the connection waits for the messages before it to be taken: what
+# the handler sends in answer goes out before the close frame (Autobahn 3.2-3.4, 4.1.3-5,
+# 4.2.3-5, 5.15: an echo, then the failure).
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (frame(TEXT, b"rsv", rsv=RSV2), 1002),
+        (frame(0x5, b"reserved opcode"), 1002),
+        (frame(CONT, b"nothing to continue"), 1002),
+        (frame(TEXT, b"\xff"), 1007),
+        (frame(TEXT, b"\xe2", fin=False) + frame(CONT, b"(x"), 1007),
+        (frame(TEXT, b"ab\xffcdefgh")[:9], 1007),  # not all in
+        (frame(BINARY, b"x" * 2000), 1009),
+    ],
+    ids=["rsv", "opcode", "continuation", "utf8", "utf8-fragment", "utf8-partial", "too-big"],
+)
+def test_a_bad_frame_waits_for_the_messages_before_it(
+    make: Callable[..., Harness], bad: bytes, code: int
+) -> None:
+    h = make(max_message_size=1000)
+    h.peer.send(frame(TEXT, b"first") + frame(BINARY, b"second") + bad + frame(PING, b"after"))
+    h.reactor.run_for(0.05)
+    assert h.peer.frames == [] and h.connection.connected
+    assert h.next_message() == "first"
+    with h.lock:
+        h.connection.send("echo: first")
+    h.reactor.run_for(0.05)
+    assert h.peer.close_frame() is None  # "second" is not taken yet
+    assert h.next_message() == b"second"
+    with h.lock:
+        h.connection.send(b"echo: second")
+    assert h.next_message() is None  # the handler waits: the bad frame is acted on
+    h.run_until(h.peer.close_frame)
+    assert [(f.opcode, bytes(f.data)[:2]) for f in h.peer.frames] == [
+        (Opcode.TEXT, b"ec"),
+        (Opcode.BINARY, b"ec"),
+        (Opcode.CLOSE, code.to_bytes(2, "big")),  # no pong: nothing after the bad frame
+    ]
+    h.finish()
+    assert h.closed_error().code == 1006
+
+
+def test_a_held_bad_frame_is_read_when_the_handler_closes(make: Callable[..., Harness]) -> None:
+    h = make()
+    h.peer.send(frame(TEXT, b"unread") + frame(0x5, b"reserved opcode"))
+    h.reactor.run_for(0.05)
+    with h.lock:
+        h.connection.begin_close(1000, "bye")
+    assert h.run_until(h.peer.close_frame).code == 1000
+    h.run_until(lambda: h.peer.eof)  # failed while closing: no second close frame
+    assert len(h.peer.of(CLOSE)) == 1
+
+
+def test_a_ping_after_an_unread_message_is_answered(make: Callable[..., Harness]) -> None:
+    """Only a frame that may fail the connection waits: a ping is answered at once."""
+    h = make()
+    h.peer.send(frame(TEXT, b"unread") + frame(PING, b"now"))
+    pong = h.run_until(lambda: h.peer.of(PONG))
+    assert bytes(pong[0].data) == b"now"
+    assert h.messages() == ["unread"]
 
 
 def test_error_in_a_later_read_keeps_earlier_messages(make: Callable[..., Harness]) -> None:

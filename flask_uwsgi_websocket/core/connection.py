@@ -24,6 +24,14 @@ two ways agree. Outgoing data frames are likewise serialized here (a 2 to
 control frames go through the protocol, with its permessage-deflate
 extension.
 
+Invalid UTF-8 fails the connection (1007) at the bad byte (RFC 6455, 8.1): the
+part that has come of an uncompressed text frame, or of a fragment of a text
+message, is checked as it comes, with an incremental decoder, and a fast-path
+frame's text is kept so that it is decoded once. A frame that fails the
+connection, or may (see ``Connection._suspect``), after messages the caller has
+not taken yet waits for them (reading stops): what a handler sends in answer to
+them goes out before the close frame, as had each frame come in a read of its own.
+
 Methods that say "with the lock held" are called inside ``with connection.lock:``;
 the others take it themselves.
 """
@@ -94,6 +102,16 @@ class _NoLock:
 _NO_LOCK: contextlib.AbstractContextManager[Any] = _NoLock()  # type: ignore[assignment]
 
 
+def _unmask(view: bytes | bytearray, start: int, begin: int, end: int) -> bytes:
+    """``view[begin:end]`` unmasked, a part of the masked payload that starts at ``start``
+    (after its masking key)."""
+    key = view[start - 4 : start]
+    shift = (begin - start) % 4
+    if shift:
+        key = key[shift:] + key[:shift]
+    return apply_mask(view[begin:end], key)
+
+
 @contextlib.contextmanager
 def _borrowed(fd: int) -> Iterator[socket.socket]:
     """``fd`` as a socket object for a moment, for the calls ``os`` lacks; the descriptor
@@ -117,6 +135,22 @@ class Ping:
         self.sent = time.monotonic()
         #: Seconds from the ping to its pong; ``None`` until the pong comes.
         self.latency: float | None = None
+
+
+class _Partial:
+    """How far the UTF-8 of a text frame not all in yet was checked (see
+    ``Connection._check_partial``)."""
+
+    __slots__ = ("checked", "decoder", "head", "length", "pieces")
+
+    def __init__(
+        self, decoder: codecs.IncrementalDecoder, head: int, length: int, pieces: list[str] | None
+    ) -> None:
+        self.decoder = decoder
+        self.head = head  # the frame's header size: where its payload starts
+        self.length = length  # of the payload
+        self.checked = 0  # bytes of the payload checked
+        self.pieces = pieces  # the text decoded so far, for a whole frame of the fast path
 
 
 class Connection:
@@ -165,6 +199,10 @@ class Connection:
         self._messages: deque[Message] = deque()
         self._fragments = bytearray()  # the fragments of a message being received
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._partial: _Partial | None = None  # the check of a text frame not all in yet
+        self._holding = False  # a bad frame waits for the messages before it (_hold)
+        # Reading stops while this many messages wait to be taken: max_queue, 0 while holding.
+        self._queue_limit = options.max_queue
         #: Set while a caller streams a message in (see :meth:`next_fragment`).
         self.streaming = False
         #: Whether a fragmented message is being sent: other messages wait for its end.
@@ -247,6 +285,10 @@ class Connection:
             if not self._reading:
                 self._update_reading()
             return message
+        if self._holding:  # every message before the held frame was taken
+            self._release()
+            if self._messages:
+                return self.next_message()
         if not self.connected and self.protocol.state is CLOSED:
             raise self.closed_error()
         return None
@@ -256,6 +298,8 @@ class Connection:
         final)``, text as ``str``, binary as ``bytes``; ``None``: none yet. A message that
         arrived whole comes whole, final. Raises :class:`ConnectionClosed` once closed and
         every message was taken. With the lock held; set :attr:`streaming` meanwhile."""
+        if not self._messages and self._holding:
+            self._release()
         if self._messages:
             message = self._messages.popleft()
             if not self._reading:
@@ -320,17 +364,21 @@ class Connection:
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
         buf = self._inbuf
+        pos = 0
+        streaming = self.streaming
         if buf:
             buf += data
             view: bytes | bytearray = buf
+            if self._partial is not None:
+                pos = self._continue_partial(buf)
+                if pos < 0:
+                    return  # a text frame still arriving, valid so far
         else:
             view = data
         end = len(view)
-        pos = 0
         max_size = self._max_size
         messages = self._messages
         count = size = 0  # of the messages taken on the fast path
-        streaming = self.streaming
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
                 break  # the rest waits in _inbuf until the streaming caller takes its part
@@ -346,20 +394,29 @@ class Connection:
             elif (header := read_header(view, pos, end)) is None:
                 # The length is not all in; the first two bytes may be refused already.
                 if self._refused_early(view[pos], b1, None):
+                    if self._hold():
+                        break
                     pos = self._feed_rest(view, pos)
                 break
             else:
                 start, length = header
             if max_size is not None and length > max_size:
                 # The protocol refuses the header with 1009 before reading the payload.
+                if self._hold():
+                    break
                 pos = self._feed_rest(view, pos)
                 break
             stop = start + length
             if stop > end:
                 # Incomplete: wait for the rest, unless the protocol refuses the frame
-                # from its header alone; then it fails now, as it would on its own.
+                # from its header alone, or it is text (opcode 1, or 0 continuing text:
+                # no bit of 0x0E) and what came of it is not UTF-8; then it fails now, as
+                # it would on its own (RFC 6455, 8.1: fail fast).
                 if self._refused_early(view[pos], view[pos + 1], length):
-                    pos = self._feed_rest(view, pos)
+                    if not self._hold():
+                        pos = self._feed_rest(view, pos)
+                elif start < end and not view[pos] & 0x0E and self._checks_utf8(view[pos]):
+                    pos = self._check_partial(view, pos, start, end, length)
                 break
             b0 = view[pos]
             masked = view[pos + 1] & 0x80
@@ -367,18 +424,26 @@ class Connection:
             # ever agreed, would pass it through unchanged.
             if (b0 == 0x81 or b0 == 0x82) and masked and protocol.current_size is None:
                 payload = apply_mask(view[start:stop], view[start - 4 : start])
-                count += 1
-                size += length
                 if b0 == 0x81:
                     try:
                         messages.append(payload.decode())
                     except UnicodeDecodeError as exc:
+                        if self._hold():
+                            break
                         self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
                         pos = end
                         break
                 else:
                     messages.append(payload)
+                count += 1
+                size += length
             else:
+                if (
+                    messages
+                    and self._suspect(b0, view[pos + 1], length, view, start, stop)
+                    and self._hold()
+                ):
+                    break
                 if b0 & 0x0F == 0x8 and protocol.current_size is not None:
                     # RFC 6455 allows a close frame between fragments: the unfinished
                     # message is dropped and the close answered (websockets says 1002).
@@ -396,6 +461,141 @@ class Connection:
             del buf[:pos]
         else:
             self._inbuf = bytearray(view[pos:])
+
+    def _hold(self) -> bool:
+        """Whether the frame at hand, which fails the connection (or may), waits in
+        ``_inbuf`` for the messages before it to be taken; if so, reading stops until
+        then (see :meth:`next_message`). So what a handler sends in answer to them goes
+        out before the close frame, as it would had the frames come one by one."""
+        if self._messages and self.protocol.state is OPEN:
+            self._holding = True
+            self._queue_limit = 0
+            return True
+        return False
+
+    def _suspect(
+        self, b0: int, b1: int, length: int, view: bytes | bytearray, start: int, stop: int
+    ) -> bool:
+        """Whether the frame at ``view[:stop]``, with payload from ``start``, which the
+        protocol is about to be fed (not one of the fast path), may fail the connection:
+        a header it refuses, reserved bits no extension explains, a control frame
+        fragmented or over 125 bytes, a fragment out of sequence, a text fragment that is
+        not UTF-8. A frame wrongly suspected only waits (see :meth:`_hold`)."""
+        if self._refused_early(b0, b1, length):
+            return True
+        opcode = b0 & 0x0F
+        rsv = b0 & 0x70
+        if opcode >= Opcode.CLOSE:
+            return bool(rsv) or not b0 & 0x80 or length > 125
+        if (opcode == Opcode.CONT) != (self.protocol.current_size is not None):
+            return True
+        if rsv:
+            return rsv != 0x40 or opcode == Opcode.CONT or not self.protocol.extensions
+        if not self._checks_utf8(b0):
+            return False
+        try:
+            self._text_decoder(b0).decode(_unmask(view, start, start, stop), bool(b0 & 0x80))
+        except UnicodeDecodeError:
+            return True
+        return False
+
+    def _release(self) -> None:
+        """Act on the frames held by :meth:`_hold`: the messages before them were taken,
+        or the closing handshake began. With the lock held."""
+        self._holding = False
+        self._queue_limit = self.options.max_queue
+        try:
+            self._receive(b"")
+        except Exception:  # a bug here must not take the worker down
+            logger.exception("WebSocket connection %s failed", self.id)
+            self.fail(1011, "internal error")
+        self._update_reading()
+        self._wake()
+
+    def _checks_utf8(self, b0: int) -> bool:
+        """Whether a frame that begins with ``b0``, not all in yet, is text whose UTF-8
+        can be checked as it comes: not compressed (only inflated whole)."""
+        if b0 & 0x70:
+            return False
+        opcode = b0 & 0x0F
+        if opcode == Opcode.TEXT:
+            return self.protocol.current_size is None
+        return (
+            opcode == Opcode.CONT
+            and self.protocol.current_size is not None
+            and self._decoder is not None
+            and not self.protocol.extensions
+        )
+
+    def _text_decoder(self, b0: int) -> codecs.IncrementalDecoder:
+        """A decoder for the text frame that begins with ``b0``: a continuation's starts
+        where its message's is, which is left as it is."""
+        decoder = _utf8_decoder()
+        if b0 & 0x0F == Opcode.CONT:
+            assert self._decoder is not None
+            decoder.setstate(self._decoder.getstate())
+        return decoder
+
+    def _check_partial(
+        self, view: bytes | bytearray, pos: int, start: int, end: int, length: int
+    ) -> int:
+        """Check the UTF-8 of the text frame at ``view[pos:end]``, of a ``length``-byte
+        payload from ``start``, not all in yet. Valid so far: keep the check (``_partial``)
+        for :meth:`_continue_partial`, return ``pos``; else fail with 1007 and return
+        ``end`` (or hold the frame, see :meth:`_hold`, and return ``pos``)."""
+        b0 = view[pos]
+        pieces: list[str] | None = [] if b0 == 0x81 else None
+        partial = _Partial(self._text_decoder(b0), start - pos, length, pieces)
+        error = self._check_more(partial, view, start, end)
+        if error is None or self._hold():
+            return pos
+        self.fail(1007, f"invalid UTF-8: {error.reason} in a frame still arriving")
+        return end
+
+    def _check_more(
+        self, partial: _Partial, view: bytes | bytearray, start: int, end: int
+    ) -> UnicodeDecodeError | None:
+        """Check the payload of ``partial``'s frame, from ``start`` in ``view``, up to
+        ``end``, after what was checked; keep the check if valid so far."""
+        try:
+            text = partial.decoder.decode(_unmask(view, start, start + partial.checked, end))
+        except UnicodeDecodeError as error:
+            return error
+        if partial.pieces is not None:
+            partial.pieces.append(text)
+        partial.checked = end - start
+        self._partial = partial
+        return None
+
+    def _continue_partial(self, buf: bytearray) -> int:
+        """Go on with the text frame at the start of ``buf``, which :meth:`_check_partial`
+        checked as far as it had come. Still arriving: check what came since; -1 if valid
+        so far. All in: take it if it is a fast-path frame (its text decoded once) and
+        valid, and return where it ends. 0: the caller reads the frame as if unchecked
+        (a fragment for the protocol, invalid UTF-8 to refuse, or data not to read now)."""
+        partial = self._partial
+        assert partial is not None
+        self._partial = None
+        if (self.streaming and len(self._fragments) >= STREAM_BUFFER) or (
+            self.protocol.state is not OPEN and self.protocol.eof_sent
+        ):
+            return 0  # as the frame loop does: wait, or let the protocol discard it
+        start = partial.head
+        stop = start + partial.length
+        end = len(buf)
+        if stop > end:
+            return -1 if self._check_more(partial, buf, start, end) is None else 0
+        if partial.pieces is None:
+            return 0
+        try:
+            rest = _unmask(buf, start, start + partial.checked, stop)
+            partial.pieces.append(partial.decoder.decode(rest, True))
+        except UnicodeDecodeError:
+            return 0
+        self._messages.append("".join(partial.pieces))
+        self.messages_in += 1
+        self.bytes_in += partial.length
+        return stop
 
     def _feed_rest(self, view: bytes | bytearray, pos: int) -> int:
         """Feed ``view[pos:]`` to the protocol whole and act on it; return its end."""
@@ -418,6 +618,7 @@ class Connection:
     def _receive_eof(self) -> None:
         self._eof_received = True
         self._inbuf.clear()
+        self._partial = None
         self.protocol.receive_eof()
         self._after_protocol()
         if self._linger_timer is not None:
@@ -626,7 +827,7 @@ class Connection:
         options = self.options
         want = not self._eof_received and not (
             (
-                len(self._messages) >= options.max_queue
+                len(self._messages) >= self._queue_limit
                 or self._out_size > options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
@@ -767,6 +968,8 @@ class Connection:
             self.protocol.send_close(code, reason)
             self._flush_protocol()
             self._start_close_timer(timeout)
+            if self._holding:  # closing, the protocol reads the frames held back
+                self._release()
             self._update_reading()  # read the peer's answer even when the queue is full
 
     def fail(self, code: int, reason: str) -> None:
