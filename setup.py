@@ -32,7 +32,7 @@ setup(
             "Flask-SQLAlchemy>=3.1",
             "playwright>=1.65",  # drives Debian's chromium (tests/test_chat_browser.py)
         ],
-        "bench": ["picows>=1.6", "uvloop>=0.19"],
+        "bench": ["picows>=1.6", "uvloop>=0.19", "matplotlib>=3.7"],  # soak_chart.py
     },
     classifiers=[
         "Framework :: Flask",
