@@ -535,8 +535,11 @@ async def member(soak: Soak, flavour: str, until: float) -> None:
                     await conn.ws.close()
                 if conn.reader is not None:
                     await conn.reader
-                counts["closed_normally"] += 1
-                if conn.close_code != 1000:
+                if conn.close_code == 1001:  # its worker was recycled meanwhile
+                    counts["closed_1001_recycled"] += 1
+                elif conn.close_code == 1000:
+                    counts["closed_normally"] += 1
+                else:
                     soak.fail("close not 1000", f"{flavour}: {conn.close_code}")
             return
         # Closed by the server.
@@ -856,12 +859,18 @@ async def recycler(soak: Soak) -> None:
             return
         await asyncio.sleep(max(0.0, at - soak.now()))
         flavour = FLAVOURS[n % len(FLAVOURS)]
-        pid = next(w["pid"] for w in stats(soak, flavour) if w["id"] == RECYCLED)
-        soak.recycled[flavour].add(pid)
-        soak.recycles[flavour] += 1
-        soak.counts[flavour]["recycles"] += 1
-        print(f"[{soak.now():6.0f} s] {flavour}: recycling worker {RECYCLED} (pid {pid})")
-        os.kill(pid, signal.SIGHUP)
+        try:
+            pid = next(w["pid"] for w in stats(soak, flavour) if w["id"] == RECYCLED)
+            soak.recycled[flavour].add(pid)
+            soak.recycles[flavour] += 1
+            soak.counts[flavour]["recycles"] += 1
+            print(
+                f"[{soak.now():6.0f} s] {flavour}: recycling worker {RECYCLED} (pid {pid})",
+                flush=True,
+            )
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            soak.fail("soak error", f"recycling {flavour}: {exc!r}")
 
 
 async def sampler(soak: Soak) -> None:
@@ -870,7 +879,11 @@ async def sampler(soak: Soak) -> None:
     last_report = 0.0
     while not soak.stopping:
         for flavour in FLAVOURS:
-            now = sample(soak, flavour)
+            try:
+                now = sample(soak, flavour)
+            except (OSError, ValueError, KeyError) as exc:  # the stats server did not answer
+                soak.fail("soak error", f"sampling {flavour}: {exc!r}")
+                continue
             now["counts"] = dict(soak.counts[flavour])
             soak.samples[flavour].append(now)
             check_respawns(soak, flavour, now)
@@ -972,7 +985,9 @@ async def soak_run(soak: Soak) -> None:
     finally:
         soak.stopping = True
         recycling.cancel()
-        await asyncio.gather(sampling, recycling, return_exceptions=True)
+        for outcome in await asyncio.gather(sampling, recycling, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                soak.fail("soak error", repr(outcome))
     await asyncio.sleep(5)  # the last respawn, if any, is counted
     for flavour in FLAVOURS:
         now = sample(soak, flavour)
