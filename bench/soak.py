@@ -211,7 +211,7 @@ class Soak:
         #: Worker pids the soak recycled, and how many times, per flavour.
         self.recycled: dict[str, set[int]] = {flavour: set() for flavour in FLAVOURS}
         self.recycles = Counter[str]()
-        #: Each worker process's fds at its first idle moment.
+        #: Each worker process's fds at its second idle moment (see idle_check).
         self.baseline_fds: dict[int, int] = {}
         self.baseline_targets: dict[int, Counter[str]] = {}
         self.idle_seen: Counter[int] = Counter()
@@ -236,7 +236,7 @@ class Soak:
 
 
 class Conn:
-    """One client connection to ``/soak`` (or ``/soak-slow``) and what it checks."""
+    """One client connection to ``/soak`` (``/soak-slow``, ``/soak-big``) and what it checks."""
 
     def __init__(self, soak: Soak, flavour: str, ws: ClientConnection, hello: dict[str, Any]):
         self.soak = soak
