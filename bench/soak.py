@@ -198,8 +198,9 @@ class Soak:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.flavours: tuple[str, ...] = tuple(args.flavours.split(","))
         self.started = time.monotonic()
-        self.counts = {flavour: Counter[str]() for flavour in FLAVOURS}
+        self.counts = {flavour: Counter[str]() for flavour in self.flavours}
         self.failures: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
         #: The joined members of each room (every flavour's).
@@ -209,14 +210,14 @@ class Soak:
         self.stats_ports: dict[str, int] = {}
         self.masters: dict[str, Any] = {}
         #: Worker pids the soak recycled, and how many times, per flavour.
-        self.recycled: dict[str, set[int]] = {flavour: set() for flavour in FLAVOURS}
+        self.recycled: dict[str, set[int]] = {flavour: set() for flavour in self.flavours}
         self.recycles = Counter[str]()
         #: Each worker process's fds at its second idle moment (see idle_check).
         self.baseline_fds: dict[int, int] = {}
         self.baseline_targets: dict[int, Counter[str]] = {}
         self.idle_seen: Counter[int] = Counter()
-        self.samples: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
-        self.idle: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in FLAVOURS}
+        self.samples: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in self.flavours}
+        self.idle: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in self.flavours}
         self.keys = itertools.count()
         self.notes: list[str] = []
         self.stopping = False
@@ -854,11 +855,11 @@ async def recycler(soak: Soak) -> None:
     """Every ``--recycle-every`` seconds, the flavours in turn: SIGHUP to worker 2."""
     every = soak.args.recycle_every
     for n in itertools.count():
-        at = every * (n + 1) / len(FLAVOURS)
+        at = every * (n + 1) / len(soak.flavours)
         if at > soak.args.duration - 10:
             return
         await asyncio.sleep(max(0.0, at - soak.now()))
-        flavour = FLAVOURS[n % len(FLAVOURS)]
+        flavour = soak.flavours[n % len(soak.flavours)]
         try:
             pid = next(w["pid"] for w in stats(soak, flavour) if w["id"] == RECYCLED)
             soak.recycled[flavour].add(pid)
@@ -878,7 +879,7 @@ async def sampler(soak: Soak) -> None:
     minute."""
     last_report = 0.0
     while not soak.stopping:
-        for flavour in FLAVOURS:
+        for flavour in soak.flavours:
             try:
                 now = sample(soak, flavour)
             except (OSError, ValueError, KeyError) as exc:  # the stats server did not answer
@@ -900,7 +901,7 @@ async def sampler(soak: Soak) -> None:
 
 
 def progress(soak: Soak) -> None:
-    for flavour in FLAVOURS:
+    for flavour in soak.flavours:
         last = soak.samples[flavour][-1]
         c = soak.counts[flavour]
         workers = " ".join(
@@ -921,7 +922,7 @@ def rss_check(soak: Soak) -> dict[str, Any]:
     of its idle RSS after the warm-up (least squares, KiB per hour)."""
     warmup = soak.args.warmup
     found = {}
-    for flavour in FLAVOURS:
+    for flavour in soak.flavours:
         points = [
             (idle["t"], w["pid"], w["rss_kib"])
             for idle in soak.idle[flavour]
@@ -981,7 +982,7 @@ async def soak_run(soak: Soak) -> None:
     sampling = asyncio.create_task(sampler(soak))
     recycling = asyncio.create_task(recycler(soak))
     try:
-        await asyncio.gather(*(waves(soak, flavour) for flavour in FLAVOURS))
+        await asyncio.gather(*(waves(soak, flavour) for flavour in soak.flavours))
     finally:
         soak.stopping = True
         recycling.cancel()
@@ -989,7 +990,7 @@ async def soak_run(soak: Soak) -> None:
             if isinstance(outcome, Exception):
                 soak.fail("soak error", repr(outcome))
     await asyncio.sleep(5)  # the last respawn, if any, is counted
-    for flavour in FLAVOURS:
+    for flavour in soak.flavours:
         now = sample(soak, flavour)
         check_respawns(soak, flavour, now)
         respawns = sum(worker["respawns"] for worker in now["workers"])
@@ -1006,7 +1007,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     soak = Soak(args)
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
-        for flavour in FLAVOURS:
+        for flavour in soak.flavours:
             soak.stats_ports[flavour] = free_port()
             server = UwsgiServer(
                 ["--module", "bench.soak_app:app", "--processes", str(WORKERS),
@@ -1048,6 +1049,9 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 3600)")
+    parser.add_argument(
+        "--flavours", default=",".join(FLAVOURS), help="which, comma-separated (default all)"
+    )
     parser.add_argument("--members", type=int, default=40, help="per flavour and wave")
     parser.add_argument("--wave", type=float, default=15.0, help="seconds of a wave's traffic")
     parser.add_argument("--recycle-every", type=float, default=300.0, help="seconds")
@@ -1061,6 +1065,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
+    if not set(args.flavours.split(",")) <= set(FLAVOURS):
+        parser.error(f"--flavours: some of {', '.join(FLAVOURS)}")
     if args.warmup is None:
         args.warmup = args.duration / 6
     return args

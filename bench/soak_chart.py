@@ -55,8 +55,11 @@ def breaks(ts: list[float], values: list[Any], pids: list[int]) -> tuple[list[An
 
 def draw(figures: dict[str, Any], out: Path) -> None:
     warmup = float(figures["settings"]["warmup"]) / 60
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True, squeeze=False)
-    for column, flavour in enumerate(FLAVOURS):
+    flavours = [flavour for flavour in FLAVOURS if flavour in figures["samples"]]
+    fig, axes = plt.subplots(
+        2, len(flavours), figsize=(5 * len(flavours), 7), sharex=True, squeeze=False
+    )
+    for column, flavour in enumerate(flavours):
         samples, idle = figures["samples"][flavour], figures["idle"][flavour]
         top, bottom = axes[0][column], axes[1][column]
         for worker_id, colour in COLOURS.items():
