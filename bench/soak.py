@@ -1034,16 +1034,96 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     progress(soak)
     write_json(soak, rss)
     figures = result(soak, rss)
-    for flavour, check in rss.items():
-        print(
-            f"{flavour:7} worker 1 RSS {check['warm_kib']} KiB (warm, at {check['warm_t']:.0f} s)"
-            f" -> {check['end_kib']} KiB at {check['end_t']:.0f} s ({check['growth_pct']:+.2f}%;"
-            f" slope after the warm-up {check['slope_kib_per_hour']} KiB/h)"
-        )
+    print(summary(figures))
     for name, count in soak.failures.items():
         print(f"FAILED: {name} ({count}): {soak.examples[name][0]}")
     print("soak: " + ("FAILED" if soak.failures else "passed"), flush=True)
     return (1 if soak.failures else 0), figures
+
+
+#: The rows of the summary: a label, and the counters added up for it.
+SUMMARY_ROWS = [
+    ("waves", ["waves"]),
+    ("connections opened", ["opened"]),
+    ("closed normally (1000)", ["closed_normally"]),
+    ("closed with a TCP reset", ["closed_by_reset"]),
+    ("half-closed, closed by the server", ["closed_half_closed"]),
+    ("silent, closed by the server (1011)", ["closed_silent"]),
+    ("in a killed client process", ["closed_killed"]),
+    ("closed by a recycled worker (1001)", ["closed_1001_recycled"]),
+    ("slow reader closed with 1013", ["closed_1013_slow"]),
+    ("slow reader: flood taken by the buffers", ["slow_reader_absorbed_flood"]),
+    ("reconnected after a 1001", ["reconnected"]),
+    ("echoes checked", ["echo_checked"]),
+    ("echoed MB checked", ["echo_bytes"]),
+    ("echoes in flight at a server's close", ["echo_in_flight_at_close"]),
+    ("broadcasts made (acknowledged)", ["broadcast_acked"]),
+    ("broadcast deliveries checked", ["broadcast_delivered", "broadcast_extra"]),
+    ("of which owed", ["broadcast_delivered"]),
+    ("owed, lost", ["broadcast_lost"]),
+    ("owed, in flight at the end", ["broadcast_in_flight_at_end"]),
+    ("owed, never acknowledged", ["broadcast_unacknowledged"]),
+    ("flood broadcasts received", ["flood_received"]),
+    ("pings answered / sent", ["ping_answered"]),
+    ("workers recycled (SIGHUP)", ["recycles"]),
+]
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """A Markdown table of a run's figures (``--summary`` reads them from a JSON file)."""
+    flavours = list(figures["counts"])
+    rows = [
+        f"{figures['elapsed_s'] / 60:.0f} minutes; failures: "
+        + (", ".join(f"{k} ({v})" for k, v in figures["failures"].items()) or "none"),
+        "",
+        "| | " + " | ".join(flavours) + " |",
+        "|---|" + "--:|" * len(flavours),
+    ]
+    for label, keys in SUMMARY_ROWS:
+        cells = []
+        for flavour in flavours:
+            counts = figures["counts"][flavour]
+            value = sum(counts.get(key, 0) for key in keys)
+            if keys == ["echo_bytes"]:
+                cells.append(f"{value / 1e6:,.0f}")
+            elif keys == ["ping_answered"]:
+                cells.append(f"{value:,} / {counts.get('ping_sent', 0):,}")
+            else:
+                cells.append(f"{value:,}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rss = figures["rss"]
+    cells = []
+    for flavour in flavours:
+        check = rss.get(flavour)
+        cells.append(
+            f"{check['warm_kib'] / 1024:.1f} → {check['end_kib'] / 1024:.1f} "
+            f"({check['growth_pct']:+.1f}%)"
+            if check
+            else "-"
+        )
+    rows.append("| worker 1 RSS, MiB: warm → end | " + " | ".join(cells) + " |")
+    cells = []
+    for flavour in flavours:
+        check = rss.get(flavour)
+        slope = check and check["slope_kib_per_hour"]
+        cells.append(f"{slope / 1024:+.1f}" if slope is not None else "-")
+    rows.append("| worker 1 RSS slope after the warm-up, MiB/h | " + " | ".join(cells) + " |")
+    for label, pick in [
+        ("fds after each wave, worker 1 (min-max)", lambda w: w["id"] == 1),
+        ("fds after each wave, worker 2 (min-max)", lambda w: w["id"] == 2),
+    ]:
+        cells = []
+        for flavour in flavours:
+            fds = [w["fds"] for i in figures["idle"][flavour] for w in i["workers"] if pick(w)]
+            fds = [n for n in fds if n]
+            cells.append(f"{min(fds)}-{max(fds)}" if fds else "-")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [
+        str(max((i["close_wait"] for i in figures["idle"][flavour]), default=0))
+        for flavour in flavours
+    ]
+    rows.append("| CLOSE_WAIT after a wave (max) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1064,6 +1144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--summary", type=Path, default=None, help="only print the table of this JSON file"
+    )
     args = parser.parse_args(argv)
     if not set(args.flavours.split(",")) <= set(FLAVOURS):
         parser.error(f"--flavours: some of {', '.join(FLAVOURS)}")
@@ -1074,6 +1157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summary:
+        print(summary(json.loads(args.summary.read_text())))
+        return 0
     random.seed(args.seed)
     status, _ = run(args)
     return status
