@@ -999,12 +999,20 @@ async def soak_run(soak: Soak) -> None:
             soak.fail("recycle without respawn", f"{flavour}: {respawns} of {recycles}")
 
 
+def interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Start the servers, soak them, stop them; the exit status and the figures."""
     sys.path.insert(0, str(ROOT))
     from tests.helpers import RedisServer, UwsgiServer, free_port
 
     soak = Soak(args)
+    # SIGINT and SIGTERM stop it, servers included, also when it was started in the
+    # background (where a shell has it ignore SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupted)
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         for flavour in soak.flavours:
