@@ -1,7 +1,9 @@
 """Soak test: every flavour at once, with the Redis broker, under churn for a given time.
 
-    .venv/bin/python bench/soak.py [--duration 3600] [--members 40] [--wave 15]
-                                   [--recycle-every 300] [--json soak.json]
+    .venv/bin/python bench/soak.py [--duration 3600] [--flavours plain,gevent,asyncio]
+                                   [--members 40] [--wave 15] [--recycle-every 300]
+                                   [--warmup 600] [--rss-growth 5] [--json soak.json]
+    .venv/bin/python bench/soak.py --summary soak.json
 
 One redis-server, and bench/soak_app.py under one uWSGI instance per flavour (plain with
 ``--threads``, gevent with ``--gevent``, asyncio with ``--asyncio --greenlet``), each
