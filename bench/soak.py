@@ -212,7 +212,7 @@ class Soak:
         self.stats_ports: dict[str, int] = {}
         self.masters: dict[str, Any] = {}
         #: Worker pids the soak recycled, and how many times, per flavour.
-        self.recycled: dict[str, set[int]] = {flavour: set() for flavour in self.flavours}
+        self.recycled: dict[str, list[int]] = {flavour: [] for flavour in self.flavours}
         self.recycles = Counter[str]()
         #: Each worker process's fds at its second idle moment (see idle_check).
         self.baseline_fds: dict[int, int] = {}
@@ -256,7 +256,6 @@ class Conn:
         self.next_seq = 0
         self.unacked: set[int] = set()
         self.flood_next: dict[str, int] = {}
-        self.flood_acks: set[str] = set()
         self.changed = asyncio.Event()
         self.closed_at: float | None = None
         self.close_code: int | None = None
@@ -316,7 +315,7 @@ class Conn:
                     broadcast.acked_at = self.soak.now()
                 self.counts["broadcast_acked"] += 1
             else:
-                self.flood_acks.add(ack)
+                self.counts["flood_acked"] += 1
         else:
             self.soak.fail("unexpected message", f"{self.flavour}: {message[:40]!r}")
 
@@ -864,7 +863,7 @@ async def recycler(soak: Soak) -> None:
         flavour = soak.flavours[n % len(soak.flavours)]
         try:
             pid = next(w["pid"] for w in stats(soak, flavour) if w["id"] == RECYCLED)
-            soak.recycled[flavour].add(pid)
+            soak.recycled[flavour].append(pid)
             soak.recycles[flavour] += 1
             soak.counts[flavour]["recycles"] += 1
             print(
@@ -967,6 +966,7 @@ def result(soak: Soak, rss: dict[str, Any] | None = None) -> dict[str, Any]:
         "elapsed_s": round(soak.now(), 1),
         "counts": {flavour: dict(counts) for flavour, counts in soak.counts.items()},
         "rss": rss or {},
+        "recycled_pids": soak.recycled,
         "failures": dict(soak.failures),
         "failure_examples": soak.examples,
         "notes": soak.notes,
