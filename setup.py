@@ -33,8 +33,14 @@ setup(
             "playwright>=1.65",  # drives Debian's chromium (tests/test_chat_browser.py)
         ],
         # bench/echo.py's peers: picows (also the load), websockets (a requirement), flask-sock on
-        # gunicorn's gevent worker.
-        "bench": ["picows>=1.6", "uvloop>=0.19", "flask-sock>=0.7", "gunicorn>=22"],
+        # gunicorn's gevent worker; matplotlib for bench/soak_chart.py.
+        "bench": [
+            "picows>=1.6",
+            "uvloop>=0.19",
+            "flask-sock>=0.7",
+            "gunicorn>=22",
+            "matplotlib>=3.7",
+        ],
     },
     classifiers=[
         "Framework :: Flask",

@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it (README's second command), in the virtualenvs that
 # scripts/install.sh --test sets up:
 #   .venv        the default Python, latest Flask: every test, Autobahn|Testsuite included
-#   .venv-3.10   Python 3.10, Flask 2.3, Werkzeug 2.3: all but the Autobahn tests
-#   .venv-3.13   Python 3.13, latest Flask: all but the Autobahn tests
+#   .venv-3.10   Python 3.10, Flask 2.3, Werkzeug 2.3: all but the Autobahn tests and the soak
+#   .venv-3.13   Python 3.13, latest Flask: all but the Autobahn tests and the soak
 # One run after the other (the tests time real servers, which a parallel run would slow);
 # each run goes on when one before failed, and the exit status says whether all passed.
 # Arguments go to each pytest run.
@@ -30,8 +30,9 @@ print("Python", sys.version.split()[0], "Flask", version("flask"), "Werkzeug", v
 # The browser tests' screenshots of the other Pythons go to folders of their own.
 artifacts=${TEST_ARTIFACTS:-test-artifacts}
 run .venv "$@"
-TEST_ARTIFACTS=$artifacts/python3.10 run .venv-3.10 -m "not autobahn" "$@"
-TEST_ARTIFACTS=$artifacts/python3.13 run .venv-3.13 -m "not autobahn" "$@"
+# The Autobahn|Testsuite and the soak exercise the same code on every Python: once is enough.
+TEST_ARTIFACTS=$artifacts/python3.10 run .venv-3.10 -m "not autobahn and not soak" "$@"
+TEST_ARTIFACTS=$artifacts/python3.13 run .venv-3.13 -m "not autobahn and not soak" "$@"
 if (( ${#failed[@]} )); then
   echo "=== failed: ${failed[*]}" >&2
   exit 1
