@@ -1158,6 +1158,21 @@ def test_eof_without_close_frame_is_1006(make: Callable[..., Harness]) -> None:
     assert h.peer.close_frame() is None
 
 
+def test_data_after_a_failed_write_is_not_read(
+    make: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make()
+    h.client.send(frame(TEXT, b"a"))
+    h.client.close()
+    with h.connection.lock:
+        h.connection.send_frame(TEXT, b"b")  # EPIPE: the connection is lost
+    # A read callback the reactor had already picked before the write failed.
+    h.connection.on_readable()
+    assert h.connection.closed
+    assert h.closed_error().code == 1006
+    assert "failed" not in caplog.text
+
+
 # 6. Linger.
 
 

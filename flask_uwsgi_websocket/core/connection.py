@@ -340,7 +340,10 @@ class Connection:
     def on_readable(self) -> None:
         """Read what the socket has and act on it."""
         with self.lock:
-            if self._released:
+            # Once the end of the stream is taken as received (a failed write counts as
+            # one), the protocol takes no more data: a read callback already on its way
+            # in the reactor's loop finds nothing to do.
+            if self._released or self._eof_received:
                 return
             try:
                 data = os.read(self.fd, READ_SIZE)
