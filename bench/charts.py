@@ -11,12 +11,13 @@ A file is recognised by what is in it:
   request, every round pooled), one panel per connection count, one line per broker and
   method (solid 64 B; dashed, dotted: larger messages).
 
-900 x 500 pixels. Needs matplotlib (the ``bench`` extra).
+900 x 500 pixels, 256 colours. Needs matplotlib (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from PIL import Image
 
 SIZE = (9, 5)  # inches, at 100 dpi
 ECHO_ORDER = ("native", "gevent", "asyncio", "plain", "picows", "websockets", "flask-sock")
@@ -124,14 +126,21 @@ def chart(data: Any) -> Figure:
     return echo_chart(data)
 
 
+def save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG of 256 colours (a third of the size, no visible change)."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100)
+    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+
+
 def main() -> None:
     """Draw every JSON file given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, nargs="+")
     for path in parser.parse_args().json:
         fig = chart(json.loads(path.read_text()))
-        fig.tight_layout()
-        fig.savefig(path.with_suffix(".png"), dpi=100, pil_kwargs={"optimize": True})
+        save(fig, path.with_suffix(".png"))
         plt.close(fig)
         print(path.with_suffix(".png"))
 

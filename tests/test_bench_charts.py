@@ -54,4 +54,4 @@ def test_every_benchmark_json_becomes_a_900_by_500_png(tmp_path: Path) -> None:
         png = path.with_suffix(".png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert struct.unpack(">II", png[16:24]) == (900, 500)  # IHDR: width, height
-        assert len(png) > 10_000  # bars, lines and labels, not an empty canvas
+        assert len(png) > 8_000  # bars, lines and labels: empty axes make about 4,400 bytes
