@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/echo.py [--duration 5] [--sizes 64,16384] [--conns 1,50]
                                    [--modes http,http-socket,http-socket-ws] [--json out.json]
-                                   [--servers native,gevent,asyncio,plain,picows,websockets,
-                                              flask-sock]
+                                   [--servers native,gevent,asyncio,picows,websockets,flask-sock]
 
 For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
 examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py, ``plain``: examples/echo.py
@@ -244,8 +243,8 @@ def csv_list(kind: type, text: str) -> list[Any]:
 
 #: The ratios the table shows, numerator/denominator, where both were measured.
 RATIOS = [
-    ("gevent", "native"), ("asyncio", "native"), ("asyncio", "gevent"), ("plain", "native"),
-    ("picows", "native"),
+    ("plain", "native"),
+    ("gevent", "native"), ("asyncio", "native"), ("asyncio", "gevent"), ("picows", "native"),
     ("websockets", "native"), ("flask-sock", "native"), ("gevent", "flask-sock"),
 ]  # fmt: skip
 
