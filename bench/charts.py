@@ -30,7 +30,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 SIZE = (9, 5)  # inches, at 100 dpi
-ECHO_ORDER = ("native", "gevent", "asyncio", "plain", "picows", "websockets", "flask-sock")
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
@@ -41,7 +40,7 @@ def echo_chart(report: dict[str, Any]) -> Figure:
     fig, axes = plt.subplots(1, len(modes), figsize=SIZE, squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
         rows = [r for r in results if r["mode"] == mode]
-        servers = [s for s in ECHO_ORDER if any(r.get(s) for r in rows)]
+        servers = list(dict.fromkeys(k for r in rows for k in r if f"{k}_runs" in r))
         width = 0.8 / len(servers)
         for n, server in enumerate(servers):
             values = [r.get(server) or 0.0 for r in rows]
@@ -56,7 +55,10 @@ def echo_chart(report: dict[str, Any]) -> Figure:
         ax.yaxis.set_major_formatter("{x:,.0f}")
     axes[0][0].set_ylabel("round trips / s (bar labels: ratio to native)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"bench/echo.py, medians of the rounds, {report['meta']['duration']:g} s each")
+    meta = report["meta"]
+    client = meta.get("client", "client.py")
+    what = "" if client == "client.py" else f", {client}"
+    fig.suptitle(f"bench/echo.py{what}, medians of the rounds, {meta['duration']:g} s each")
     return fig
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 CHARTS = Path(__file__).resolve().parent.parent / "bench" / "charts.py"
 
+RATES = {"native": 100.0, "gevent": 90.0, "plain": 40.0, "picows": 250.0}
 ECHO = {
     "meta": {"duration": 3.0},
     "results": [
-        {"mode": "http-socket", "size": size, "conns": conns, "native": 100.0 * conns,
-         "native_runs": [100.0 * conns], "gevent": 90.0 * conns, "plain": 40.0 * conns,
-         "picows": 250.0 * conns}
+        {"mode": "http-socket", "size": size, "conns": conns}
+        | {server: rate * conns for server, rate in RATES.items()}
+        | {f"{server}_runs": [rate * conns] for server, rate in RATES.items()}
         for size in (64, 16384) for conns in (1, 50)
     ],
     "notes": [],
