@@ -33,7 +33,7 @@ setup(
             "playwright>=1.65",  # drives Debian's chromium (tests/test_chat_browser.py)
         ],
         # bench/echo.py's peers: picows (also the load), websockets (a requirement), flask-sock on
-        # gunicorn's gevent worker; matplotlib for bench/soak_chart.py.
+        # gunicorn's gevent worker; matplotlib for bench/charts.py and bench/soak_chart.py.
         "bench": [
             "picows>=1.6",
             "uvloop>=0.19",

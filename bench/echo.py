@@ -5,8 +5,9 @@
                                    [--servers native,gevent,asyncio,picows,websockets,flask-sock]
 
 For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
-examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py) is started under
-``--master`` with one worker, pinned to one CPU; bench/client.py, pinned to another CPU,
+examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py, ``plain``: examples/echo.py
+on ``--threads 64``, a thread per connection) is started under ``--master`` with one
+worker, pinned to one CPU; bench/client.py, pinned to another CPU,
 measures round trips per second for every message size and connection count. The peers
 (bench/peer_echo.py: ``picows`` on uvloop, ``websockets``' asyncio server, ``flask-sock``
 on gunicorn's gevent worker, one worker) speak HTTP themselves: they run in the
@@ -74,6 +75,13 @@ SERVERS = [
         ["--wsgi-file", str(ROOT / "examples" / "echo_asyncio.py"), "--callable", "app"],
         "/echo",
         ("--asyncio", "100", "--greenlet"),
+    ),
+    # A connection holds a uWSGI thread: up to 50 connections, and the bench's HTTP probe.
+    Server(
+        "plain",
+        ["--wsgi-file", str(ROOT / "examples" / "echo.py"), "--callable", "app"],
+        "/echo",
+        ("--threads", "64"),
     ),
     Server(
         "picows", [], "/echo", command=("{python}", "peer_echo.py", "picows", "{host}", "{port}")
@@ -235,6 +243,7 @@ def csv_list(kind: type, text: str) -> list[Any]:
 
 #: The ratios the table shows, numerator/denominator, where both were measured.
 RATIOS = [
+    ("plain", "native"),
     ("gevent", "native"), ("asyncio", "native"), ("asyncio", "gevent"), ("picows", "native"),
     ("websockets", "native"), ("flask-sock", "native"), ("gevent", "flask-sock"),
 ]  # fmt: skip

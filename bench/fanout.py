@@ -13,7 +13,8 @@ is the client (picows on uvloop):
 it opens the connections (each joins the room), then for every round and message size
 records ``t0`` just before it sends ``GET /broadcast`` (``websocket.broadcast`` to the
 room) and the time each connection has the whole message. It reports the median, p90 and
-max over the rounds of ``first - t0`` and ``last - t0``, the time the worker spent
+max over the rounds of ``first - t0`` and ``last - t0`` (the JSON also has every
+recipient's arrival over all the rounds as percentiles 1 to 100), the time the worker spent
 delivering (its ``time.monotonic()``, the same clock), and the client's CPU time per
 round. On the in-process server, two other ways to send the same message take turns
 with the broadcast, so that their ratios come from the same run: ``naive``, a loop of
@@ -322,6 +323,8 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
             "max": max(values),
         }
     cell["per_round"] = series
+    arrivals = [(t - r.t0) * 1e3 for r in complete for t in r.arrivals]
+    cell["arrival_percentiles"] = [percentile(arrivals, q / 100) for q in range(1, 101)]
     timed = [r for r in complete if "deliver_end" in r.server]
     if timed:
         cell["server_start"] = statistics.median(
