@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/soak.py [--duration 3600] [--flavours plain,gevent,asyncio]
                                    [--members 40] [--wave 15] [--recycle-every 300]
-                                   [--warmup 600] [--rss-growth 5] [--json soak.json]
+                                   [--warmup 600] [--rss-growth 5] [--malloc tuned]
+                                   [--json soak.json]
     .venv/bin/python bench/soak.py --summary soak.json
 
 One redis-server, and bench/soak_app.py under one uWSGI instance per flavour (plain with
@@ -33,6 +34,17 @@ asyncio). For each flavour it runs waves, one after the other, each ``--wave`` s
 - now and then (``--recycle-every``, the flavours in turn) worker 2 of an instance is
   recycled: SIGHUP, as uWSGI's master sends it in a graceful or chain reload. Its clients
   get 1001 and reconnect (and join their rooms again). Worker 1 is never recycled.
+- in the second half of the warm-up (``--warmup``, default the first sixth of the run)
+  every connection goes to worker 1 (one that lands on worker 2 is closed and opened
+  again): first 64 at once, one per thread of the plain flavour, each echoing a few
+  messages; then whole waves. A worker's RSS is a high-water mark of what it has served at
+  once, so the warm-up must include the most the run will put on worker 1 (all of a wave,
+  while worker 2 is being recycled), or the first time that happens would look like
+  growth.
+- the workers run with glibc's allocator set as README.rst advises (``--malloc tuned``:
+  ``GLIBC_TUNABLES`` with two arenas and a fixed 128 KiB mmap threshold); ``--malloc
+  default`` leaves glibc's defaults, under which the plain flavour's 64 threads keep
+  growing their arenas.
 
 Checks (a failure names itself in the output, and the exit status is 1):
 
@@ -49,13 +61,11 @@ Checks (a failure names itself in the output, and the exit status is 1):
   back to their baseline and no socket of the instance's port is in CLOSE_WAIT (waiting at
   most ``SETTLE`` seconds). A worker's baseline is its count at its second idle moment,
   once it has been through a whole wave (a worker opens some sockets lazily: to Redis, for
-  its threads).
+  its threads); a wave kept from it by the warm-up does not count.
 - worker 1's resident memory (VmRSS) at its last idle moment is less than ``--rss-growth``
-  (5%) above what it was at the end of the warm-up (``--warmup``, default the first sixth
-  of the run): the highest of its idle moments during the warm-up, the working set it
-  reached. (Its RSS is a high-water mark of the connections it has served at once, which
-  depends on how the kernel spreads them over the two workers: a short run cannot tell
-  that from a leak.)
+  (5%) above what it was at the end of the warm-up: the highest of its idle moments during
+  the warm-up, the working set it reached. The slope of its idle RSS after the warm-up
+  (least squares) is reported too.
 - no worker respawn but those the soak caused, from the stats servers; no traceback in the
   uWSGI logs.
 
@@ -100,6 +110,12 @@ ENGINE_ARGS = {
     "asyncio": ["--asyncio", "200", "--greenlet"],
 }
 WORKERS = 2
+#: Connections worker 1 holds at once in the warm-up's peak: every thread of the plain
+#: flavour, more than a wave ever puts on one worker (see ``peak``).
+PEAK = 64
+#: glibc's allocator settings README.rst advises (``--malloc tuned``): two arenas, and
+#: buffers from 128 KiB up mapped and unmapped on their own.
+TUNED_MALLOC = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072"
 #: The worker the soak recycles (worker 1 never is: its RSS is the one checked).
 RECYCLED = 2
 ROOMS = [f"room-{n}" for n in range(6)]
@@ -221,6 +237,8 @@ class Soak:
         self.samples: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in self.flavours}
         self.idle: dict[str, list[dict[str, Any]]] = {flavour: [] for flavour in self.flavours}
         self.keys = itertools.count()
+        #: The worker pid each flavour's connections must land on now (see ``waves``).
+        self.pinned: dict[str, int | None] = {}
         self.notes: list[str] = []
         self.stopping = False
 
@@ -473,28 +491,46 @@ class Conn:
                 await asyncio.wait_for(asyncio.shield(self.reader), 10)
 
 
-async def open_conn(soak: Soak, flavour: str, path: str = "/soak", **options: Any) -> Conn:
-    """A new connection; retried while the worker that took it is going away (1001)."""
+async def open_conn(
+    soak: Soak, flavour: str, path: str = "/soak", rcvbuf: int | None = None, **options: Any
+) -> Conn:
+    """A new connection; retried while the worker that took it is going away (1001), and
+    while the flavour is pinned to a worker (see ``waves``) and another one took it.
+    ``rcvbuf``: a fixed receive buffer (no autotuning: the kernel would take megabytes)."""
     options.setdefault("compression", None)
-    for _ in range(20):
+    errors = 0
+    while errors < 20:
+        sock = None
+        if rcvbuf is not None:
+            sock = socket.create_connection((HOST, soak.ports[flavour]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         try:
             ws = await connect(
                 f"ws://{HOST}:{soak.ports[flavour]}{path}",
-                open_timeout=OPEN_TIMEOUT, max_size=2**21, **options,
+                open_timeout=OPEN_TIMEOUT, max_size=2**21, sock=sock, **options,
             )  # fmt: skip
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
             if isinstance(exc, InvalidStatus) or soak.stopping:
                 raise
             soak.counts[flavour]["open_retried"] += 1
+            errors += 1
             await asyncio.sleep(0.5)
-            options.pop("sock", None)
             continue
         try:
             hello = json.loads(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
-        except ConnectionClosed:
+        except (ConnectionClosed, asyncio.TimeoutError):
             soak.counts[flavour][f"closed_{ws.close_code}_at_open"] += 1
+            ws.transport.abort()
+            errors += 1
             await asyncio.sleep(0.2)
-            options.pop("sock", None)
+            continue
+        pinned = soak.pinned.get(flavour)
+        if pinned is not None and hello["pid"] != pinned:
+            soak.counts[flavour]["pinned_elsewhere"] += 1
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close()
             continue
         soak.counts[flavour]["opened"] += 1
         return Conn(soak, flavour, ws, hello)
@@ -662,11 +698,23 @@ async def slow_reader(soak: Soak, flavour: str, wave: int) -> None:
     """A reader that stops reading, flooded by a member of its room: 1013 for it."""
     room = f"slow-{flavour}-{wave}"
     tag = f"{flavour}{wave}"
-    # A fixed receive buffer (no autotuning: the kernel would take megabytes more).
-    sock = socket.create_connection((HOST, soak.ports[flavour]))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    slow = await open_conn(soak, flavour, "/soak-slow", max_queue=1, sock=sock)
-    fast = await open_conn(soak, flavour, "/soak-big")
+    slow = await open_conn(soak, flavour, "/soak-slow", rcvbuf=65536, max_queue=1)
+    try:
+        fast = await open_conn(soak, flavour, "/soak-big")
+    except BaseException:
+        slow.ws.transport.abort()
+        raise
+    try:
+        await flood(soak, flavour, slow, fast, room, tag)
+    finally:
+        # Either may end early (a recycled worker's 1001 fails the other's next step):
+        # neither is left open. (Aborting a closed connection does nothing.)
+        slow.ws.transport.abort()
+        fast.ws.transport.abort()
+
+
+async def flood(soak: Soak, flavour: str, slow: Conn, fast: Conn, room: str, tag: str) -> None:
+    """``slow`` joins ``room`` and stops reading; ``fast`` floods the room."""
     fast.start_reading()
     slow.wanted.add(room)
     await slow.command(join=room)
@@ -803,12 +851,14 @@ async def idle_check(soak: Soak, flavour: str, wave: int) -> None:
             break
         await asyncio.sleep(0.5)
     now["wave"] = wave
+    pinned = soak.pinned.get(flavour)
     for worker in now["workers"]:
         pid = worker["pid"]
-        soak.idle_seen[pid] += 1
-        if soak.idle_seen[pid] == 2:  # its second idle moment: it has been through a wave
-            baseline[pid] = worker["fds"]
-            soak.baseline_targets[pid] = fd_targets(pid)
+        if pinned in (None, pid):  # a wave kept from it is no idle moment of its own
+            soak.idle_seen[pid] += 1
+            if soak.idle_seen[pid] == 2:  # it has been through a wave
+                baseline[pid] = worker["fds"]
+                soak.baseline_targets[pid] = fd_targets(pid)
         worker["baseline_fds"] = baseline.get(pid)
     soak.idle[flavour].append(now)
     for worker in over:
@@ -822,11 +872,49 @@ async def idle_check(soak: Soak, flavour: str, wave: int) -> None:
         soak.fail("CLOSE_WAIT after a wave", f"{flavour} after wave {wave}: {now['close_wait']}")
 
 
+async def peak(soak: Soak, flavour: str) -> None:
+    """``PEAK`` connections at once (on worker 1: the flavour is pinned), each echoing a
+    wave's messages, then closed: every thread of the plain flavour serves."""
+    held = [
+        await open_conn(soak, flavour, compression="deflate" if n % 2 else None)
+        for n in range(PEAK)
+    ]
+    soak.counts[flavour]["peak_held"] += len(held)
+
+    async def busy(conn: Conn) -> None:
+        for _ in range(3):
+            await conn.echo()
+
+    for conn in held:
+        conn.start_reading()
+    await asyncio.gather(*(busy(conn) for conn in held))
+    for conn in held:
+        with contextlib.suppress(ConnectionClosed):
+            await conn.ws.close()
+        if conn.reader is not None:
+            await conn.reader
+        if conn.close_code != 1000:
+            soak.fail("close not 1000", f"{flavour} peak: {conn.close_code}")
+
+
 async def waves(soak: Soak, flavour: str) -> None:
-    """Waves of connections, one after the other, until the run's end."""
+    """Waves of connections, one after the other, until the run's end.
+
+    A worker's RSS is a high-water mark of what it has served at once, so the warm-up
+    must include the most the run will put on worker 1, or the first time the kernel
+    gives it more (all of a wave, while worker 2 is being recycled) would count as
+    growth. In the second half of the warm-up every connection the soak opens (but the
+    killed client's) goes to worker 1: first ``peak``, then whole waves.
+    """
     args = soak.args
     wave = 0
     while soak.now() < args.duration:
+        pinning = args.warmup / 2 <= soak.now() < args.warmup
+        if pinning and soak.pinned.get(flavour) is None:
+            soak.pinned[flavour] = next(w["pid"] for w in stats(soak, flavour) if w["id"] == 1)
+            await peak(soak, flavour)  # its RSS is taken at the wave's idle moment
+        elif not pinning:
+            soak.pinned[flavour] = None
         wave += 1
         start = soak.now()
         until = start + args.wave
@@ -1015,6 +1103,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     # background (where a shell has it ignore SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupted)
+    malloc = {"GLIBC_TUNABLES": TUNED_MALLOC} if args.malloc == "tuned" else {}
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         for flavour in soak.flavours:
@@ -1025,7 +1114,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                  "--disable-logging", "--worker-reload-mercy", "30"],
                 mode="http-socket",
                 env={"SOAK_FLAVOUR": flavour, "FLASK_WEBSOCKET_BROKER_URL": redis.url,
-                     "FLASK_WEBSOCKET_BROKER_CHANNEL": "soak"},
+                     "FLASK_WEBSOCKET_BROKER_CHANNEL": "soak", **malloc},
             )  # fmt: skip
             stack.callback(server.close)
             server.wait_ready()
@@ -1038,7 +1127,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             log = server.output()
             if (tracebacks := log.count("Traceback")) > 0:
                 at = log.index("Traceback")
-                excerpt = log[at : at + 600]
+                excerpt = log[at : at + 3000]
                 soak.fail("traceback in the uWSGI log", f"{flavour}: {tracebacks}: {excerpt}")
     rss = rss_check(soak)
     progress(soak)
@@ -1055,6 +1144,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 SUMMARY_ROWS = [
     ("waves", ["waves"]),
     ("connections opened", ["opened"]),
+    ("held at once on worker 1 in the warm-up's peak", ["peak_held"]),
     ("closed normally (1000)", ["closed_normally"]),
     ("closed with a TCP reset", ["closed_by_reset"]),
     ("half-closed, closed by the server", ["closed_half_closed"]),
@@ -1152,6 +1242,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-growth", type=float, default=5.0, help="most growth of worker 1's RSS, in %%"
     )
+    parser.add_argument(
+        "--malloc", choices=("tuned", "default"), default="tuned",
+        help="glibc's allocator in the workers: README.rst's settings (default) or glibc's",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
