@@ -492,12 +492,19 @@ class Conn:
 
 
 async def open_conn(
-    soak: Soak, flavour: str, path: str = "/soak", rcvbuf: int | None = None, **options: Any
+    soak: Soak,
+    flavour: str,
+    path: str = "/soak",
+    rcvbuf: int | None = None,
+    pin: int | None = None,
+    **options: Any,
 ) -> Conn:
     """A new connection; retried while the worker that took it is going away (1001), and
-    while the flavour is pinned to a worker (see ``waves``) and another one took it.
-    ``rcvbuf``: a fixed receive buffer (no autotuning: the kernel would take megabytes)."""
+    while it must be served by worker process ``pin`` (default: the one the flavour is
+    pinned to, see ``waves``) and another one took it. ``rcvbuf``: a fixed receive buffer
+    (no autotuning: the kernel would take megabytes)."""
     options.setdefault("compression", None)
+    pinned = pin if pin is not None else soak.pinned.get(flavour)
     errors = 0
     while errors < 20:
         sock = None
@@ -526,7 +533,6 @@ async def open_conn(
             errors += 1
             await asyncio.sleep(0.2)
             continue
-        pinned = soak.pinned.get(flavour)
         if pinned is not None and hello["pid"] != pinned:
             soak.counts[flavour]["pinned_elsewhere"] += 1
             with contextlib.suppress(ConnectionClosed):
@@ -840,6 +846,23 @@ def check_respawns(soak: Soak, flavour: str, now: dict[str, Any]) -> None:
         soak.recycles[flavour] = respawns  # report each once
 
 
+async def trimmed_rss(soak: Soak, flavour: str, now: dict[str, Any]) -> None:
+    """Worker 1's RSS once glibc has given back the free pages it keeps (the app's
+    ``trim`` command, over a connection to worker 1), as ``rss_trimmed_kib``: the memory
+    in use. ``rss_kib`` is the RSS as it was, the allocator's high-water mark."""
+    worker = next(w for w in now["workers"] if w["id"] == 1)
+    conn = await open_conn(soak, flavour, pin=worker["pid"])
+    try:
+        await conn.command(trim=True)
+        if await asyncio.wait_for(conn.ws.recv(), OPEN_TIMEOUT) != "T":
+            soak.fail("soak error", f"{flavour}: the trim command not answered")
+        worker["rss_trimmed_kib"] = proc_figures(worker["pid"])[0]
+        soak.counts[flavour]["trims"] += 1
+        await conn.ws.close()
+    finally:
+        conn.ws.transport.abort()
+
+
 async def idle_check(soak: Soak, flavour: str, wave: int) -> None:
     """After a wave: wait until fds and CLOSE_WAIT are back to their baseline; record."""
     deadline = time.monotonic() + SETTLE
@@ -851,6 +874,10 @@ async def idle_check(soak: Soak, flavour: str, wave: int) -> None:
             break
         await asyncio.sleep(0.5)
     now["wave"] = wave
+    try:
+        await trimmed_rss(soak, flavour, now)
+    except (OSError, InvalidHandshake, RuntimeError, ConnectionClosed) as exc:
+        soak.fail("soak error", f"trimming {flavour}: {exc!r}")
     pinned = soak.pinned.get(flavour)
     for worker in now["workers"]:
         pid = worker["pid"]
@@ -1006,34 +1033,38 @@ def progress(soak: Soak) -> None:
 
 
 def rss_check(soak: Soak) -> dict[str, Any]:
-    """Worker 1's RSS at the end of the warm-up (the highest at its idle moments during
-    the warm-up: the working set it reached) and at its last idle moment; and the slope
-    of its idle RSS after the warm-up (least squares, KiB per hour)."""
-    warmup = soak.args.warmup
-    found = {}
+    """Worker 1's RSS, trimmed (``rss_trimmed_kib``, checked) and as it was (``rss_kib``,
+    reported): at the end of the warm-up (the highest of its idle moments during the
+    warm-up: the working set it reached) and at its last idle moment; and the slope of
+    its idle RSS after the warm-up (least squares, KiB per hour)."""
+    found: dict[str, Any] = {}
     for flavour in soak.flavours:
-        points = [
-            (idle["t"], w["pid"], w["rss_kib"])
-            for idle in soak.idle[flavour]
-            for w in idle["workers"]
-            if w["id"] == 1
-        ]
-        during = [p for p in points if p[0] <= warmup] or points[:1]
-        after = [p for p in points if p[0] > warmup]
-        if not during or not after:
-            soak.fail("no RSS figures", f"{flavour}: {len(points)} idle moments")
-            continue
-        t0, pid0, rss0 = max(during, key=lambda p: p[2])
-        t1, pid1, rss1 = after[-1]
-        growth = 100.0 * (rss1 - rss0) / rss0
-        found[flavour] = {
-            "pid": pid1, "warm_t": t0, "warm_kib": rss0, "end_t": t1, "end_kib": rss1,
-            "growth_pct": round(growth, 2), "slope_kib_per_hour": slope(after),
-        }  # fmt: skip
-        if pid0 != pid1:
-            soak.fail("worker 1 respawned", f"{flavour}: {pid0} -> {pid1}")
-        if growth >= soak.args.rss_growth:
-            soak.fail("RSS growth", f"{flavour} worker 1: {rss0} -> {rss1} KiB (+{growth:.1f}%)")
+        found[flavour] = figures = {}
+        for key in ("rss_trimmed_kib", "rss_kib"):
+            points = [
+                (idle["t"], w["pid"], w[key])
+                for idle in soak.idle[flavour]
+                for w in idle["workers"]
+                if w["id"] == 1 and key in w
+            ]
+            during = [p for p in points if p[0] <= soak.args.warmup]
+            after = [p for p in points if p[0] > soak.args.warmup]
+            if not during or not after:
+                soak.fail("no RSS figures", f"{flavour}: {len(points)} idle moments ({key})")
+                continue
+            t0, pid0, rss0 = max(during, key=lambda p: p[2])
+            t1, pid1, rss1 = after[-1]
+            growth = 100.0 * (rss1 - rss0) / rss0
+            figures[key] = {
+                "pid": pid1, "warm_t": t0, "warm_kib": rss0, "end_t": t1, "end_kib": rss1,
+                "growth_pct": round(growth, 2), "slope_kib_per_hour": slope(after),
+            }  # fmt: skip
+            if pid0 != pid1:
+                soak.fail("worker 1 respawned", f"{flavour}: {pid0} -> {pid1}")
+            if key == "rss_trimmed_kib" and growth >= soak.args.rss_growth:
+                soak.fail(
+                    "RSS growth", f"{flavour} worker 1: {rss0} -> {rss1} KiB (+{growth:.1f}%)"
+                )
     return found
 
 
@@ -1192,22 +1223,24 @@ def summary(figures: dict[str, Any]) -> str:
                 cells.append(f"{value:,}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     rss = figures["rss"]
-    cells = []
-    for flavour in flavours:
-        check = rss.get(flavour)
-        cells.append(
-            f"{check['warm_kib'] / 1024:.1f} → {check['end_kib'] / 1024:.1f} "
-            f"({check['growth_pct']:+.1f}%)"
-            if check
+    for key, what in (("rss_trimmed_kib", "RSS trimmed"), ("rss_kib", "RSS as it was")):
+        checks = [rss.get(flavour, {}).get(key) for flavour in flavours]
+        cells = [
+            f"{c['warm_kib'] / 1024:.1f} → {c['end_kib'] / 1024:.1f} ({c['growth_pct']:+.1f}%)"
+            if c
             else "-"
+            for c in checks
+        ]
+        rows.append(f"| worker 1 {what}, MiB: warm → end | " + " | ".join(cells) + " |")
+        cells = [
+            f"{c['slope_kib_per_hour'] / 1024:+.1f}"
+            if c and c["slope_kib_per_hour"] is not None
+            else "-"
+            for c in checks
+        ]
+        rows.append(
+            f"| worker 1 {what}, slope after the warm-up, MiB/h | " + " | ".join(cells) + " |"
         )
-    rows.append("| worker 1 RSS, MiB: warm → end | " + " | ".join(cells) + " |")
-    cells = []
-    for flavour in flavours:
-        check = rss.get(flavour)
-        slope = check and check["slope_kib_per_hour"]
-        cells.append(f"{slope / 1024:+.1f}" if slope is not None else "-")
-    rows.append("| worker 1 RSS slope after the warm-up, MiB/h | " + " | ".join(cells) + " |")
     for label, pick in [
         ("fds after each wave, worker 1 (min-max)", lambda w: w["id"] == 1),
         ("fds after each wave, worker 2 (min-max)", lambda w: w["id"] == 2),

@@ -10,7 +10,10 @@ except a text message starting with ``!``, a JSON command:
 - ``{"broadcast": payload, "room": room, "binary": b, "seq": n}``: broadcast ``payload``
   (encoded when ``binary``) to ``room``, answered ``A<n>`` once it is made;
 - ``{"flood": count, "size": size, "room": room, "tag": tag}``: ``count`` broadcasts
-  ``F<tag>:<i>:`` followed by ``size`` bytes of ``x`` to ``room``, answered ``A<tag>``.
+  ``F<tag>:<i>:`` followed by ``size`` bytes of ``x`` to ``room``, answered ``A<tag>``;
+- ``{"trim": true}``: glibc's ``malloc_trim(0)`` in this worker, answered ``T``: the
+  allocator gives back the free pages it keeps (in every arena), so that the RSS the soak
+  reads next is the memory in use, not the allocator's high-water mark.
 
 Keepalive pings every 5 s, 5 s to answer: a silent peer is sent a 1011 close frame 10 s
 after it fell silent, and the TCP connection is closed 10 s later (``close_timeout``).
@@ -18,6 +21,7 @@ after it fell silent, and the TCP connection is closed 10 s later (``close_timeo
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from typing import Any
@@ -29,6 +33,8 @@ OPTIONS: dict[str, Any] = {"ping_interval": 5, "ping_timeout": 5}
 SLOW_BUFFER = 65536
 BIG_BUFFER = 2**24
 
+LIBC = ctypes.CDLL(None)  # the process's own C library: glibc on Linux
+
 app = Flask(__name__)
 app.config.from_prefixed_env()
 
@@ -37,6 +43,9 @@ def answer(ws: Any, command: dict[str, Any]) -> tuple[str, list[tuple[Any, str]]
     """What to send back, and the broadcasts to make first: ``(message, room)`` each."""
     if "join" in command:
         return "J" + command["join"], []
+    if "trim" in command:
+        LIBC.malloc_trim(0)
+        return "T", []
     if "broadcast" in command:
         payload = command["broadcast"]
         message = payload.encode() if command.get("binary") else payload

@@ -31,9 +31,9 @@ def series(points: list[dict[str, Any]], worker_id: int, key: str) -> tuple[list
     ts, values, pids = [], [], []
     for point in points:
         for worker in point["workers"]:
-            if worker["id"] == worker_id:
+            if worker["id"] == worker_id and key in worker:
                 ts.append(point["t"] / 60)
-                values.append(worker[key] / 1024 if key == "rss_kib" else worker[key])
+                values.append(worker[key] / 1024 if key.endswith("_kib") else worker[key])
                 pids.append(worker["pid"])
                 if not worker[key]:
                     values[-1] = None
@@ -68,6 +68,9 @@ def draw(figures: dict[str, Any], out: Path) -> None:
                      label=label)  # fmt: skip
             ts, values, _ = series(idle, worker_id, "rss_kib")
             top.plot(ts, values, ".", color=colour, ms=3)
+            ts, values, _ = series(idle, worker_id, "rss_trimmed_kib")
+            if ts:
+                top.plot(ts, values, "x", color="black", ms=3, label="worker 1, trimmed")
             ts, values, _ = series(idle, worker_id, "fds")
             bottom.plot(ts, values, ".-", color=colour, lw=0.8, ms=3, label=f"fds, w{worker_id}")
         bottom.plot(
@@ -75,10 +78,10 @@ def draw(figures: dict[str, Any], out: Path) -> None:
             ms=4, label="CLOSE_WAIT",
         )  # fmt: skip
         top.axvline(warmup, color="grey", ls="--", lw=0.8)
-        check = figures["rss"].get(flavour)
+        check = figures["rss"].get(flavour, {}).get("rss_trimmed_kib")
         title = flavour
         if check:
-            title += f": worker 1 {check['growth_pct']:+.1f}% after the warm-up"
+            title += f": worker 1 trimmed {check['growth_pct']:+.1f}% after the warm-up"
         top.set_title(title)
         top.set_ylabel("RSS (MiB)")
         top.set_ylim(bottom=0)

@@ -49,6 +49,7 @@ def test_soak_for_two_minutes(tmp_path: Path) -> None:
         for kind in ("closed_normally", "closed_by_reset", "closed_half_closed",
                      "closed_silent", "closed_killed", "closed_1013_slow", "recycles"):  # fmt: skip
             assert counts.get(kind, 0) >= 1, (flavour, kind, counts)
-        assert found["rss"][flavour]["growth_pct"] < 25, found["rss"]
+        assert found["rss"][flavour]["rss_trimmed_kib"]["growth_pct"] < 25, found["rss"]
+        assert counts["trims"] >= 4, (flavour, counts)
         idle = found["idle"][flavour]
         assert idle and all(moment["close_wait"] == 0 for moment in idle), idle
