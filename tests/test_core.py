@@ -457,7 +457,7 @@ def compressed_fragmented_stream(peer: Peer) -> bytes:
         pytest.param(fast_stream, True, True, id="fast-in-compressed-connection"),
         pytest.param(fragmented_stream, False, False, id="fragmented"),
         pytest.param(pings_stream, False, False, id="pings-between-fragments"),
-        pytest.param(compressed_stream, True, False, id="compressed"),
+        pytest.param(compressed_stream, True, True, id="compressed"),
         pytest.param(compressed_fragmented_stream, True, False, id="compressed-fragmented"),
     ],
 )
