@@ -12,7 +12,9 @@ a new deflate stream at any message, so it is valid whether or not context takeo
 agreed, and the client spends its CPU on reading the echoes. Those are inflated as the
 server's parameters say (one inflater for the connection, or one per message when the
 server said ``server_no_context_takeover``). Prints one JSON object, as client.py does,
-with ``extension`` (the server's answer) and ``wire`` (bytes of one sent frame's payload).
+with ``extension`` (the server's answer) and ``wire`` (bytes of one sent frame).
+``--count N`` makes exactly N round trips per connection instead (no warm-up), for
+bench/deflate_callgrind.py.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class Echo(asyncio.Protocol):
         self.wbits = 15
         self.fresh_inflater = False
         self.count = 0
+        self.limit = 0  # stop after this many round trips; 0: never
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.running = False
         self.error: str | None = None
 
@@ -193,6 +197,9 @@ class Echo(asyncio.Protocol):
         if self.inflater.decompress(payload + TAIL) != self.message:
             self.error = self.error or "the echo is not the message"
         self.count += 1
+        if self.count == self.limit:
+            self.running = False
+            self.done.set_result(None)
         if self.running and self.transport is not None:
             self.transport.write(self.frame)
 
@@ -219,7 +226,9 @@ class Echo(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def run(url: str, conns: int, size: int, warmup: float, duration: float) -> dict[str, Any]:
+async def run(
+    url: str, conns: int, size: int, warmup: float, duration: float, count: int = 0
+) -> dict[str, Any]:
     """Run the load and return the figures."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -244,6 +253,14 @@ async def run(url: str, conns: int, size: int, warmup: float, duration: float) -
         if failures:
             return result
         result.update(extension=echoes[0].extension, wire=len(echoes[0].frame))
+        if count:
+            for echo in echoes:
+                echo.limit = count
+                echo.start()
+            await asyncio.gather(*(echo.done for echo in echoes))
+            result.update(round_trips=count * conns, rt_per_s=0.0)
+            result["errors"] = [echo.error for echo in echoes if echo.error]
+            return result
         for echo in echoes:
             echo.start()
         await asyncio.sleep(warmup)
@@ -282,10 +299,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    parser.add_argument("--count", type=int, default=0, help="round trips per connection")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    result = uvloop.run(run(args.url, args.conns, args.size, args.warmup, args.duration))
+    result = uvloop.run(
+        run(args.url, args.conns, args.size, args.warmup, args.duration, args.count)
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     sys.exit(1 if "rt_per_s" not in result else 0)
