@@ -319,14 +319,24 @@ def test_server_frames_respect_the_negotiated_window(server: AppServer) -> None:
 
 def test_uncompressed_frames_are_accepted_in_a_compressed_connection(server: AppServer) -> None:
     client = RawClient(server.address, "/echo", {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    plain, deflated, short = b"plain bytes" * 20, b"deflated text" * 20, b"short"
     try:
-        client.send(frame(BINARY, b"plain bytes"))  # RSV1 clear: not compressed
-        client.send(frame(TEXT, deflate(b"deflated text"), rsv=4))
-        replies = [client.recv_frame() for _ in range(2)]
-        inflater = zlib.decompressobj(wbits=-12)
-        data = [inflater.decompress(payload + b"\x00\x00\xff\xff") for _, payload, _ in replies]
-        assert data == [b"plain bytes", b"deflated text"]
-        assert [opcode for opcode, _, _ in replies] == [BINARY, TEXT]
+        client.send(frame(BINARY, plain))  # RSV1 clear: not compressed
+        client.send(frame(TEXT, deflate(deflated), rsv=4))
+        client.send(frame(TEXT, deflate(short), rsv=4))
+        replies = []
+        for _ in range(3):
+            opcode, payload, _ = client.recv_frame()
+            replies.append((opcode, client.rsv, payload))
+        # Each reply inflated alone (server_no_context_takeover); under min_size, as it is.
+        data = [
+            zlib.decompressobj(wbits=-12).decompress(payload + b"\x00\x00\xff\xff")
+            if rsv
+            else payload
+            for _, rsv, payload in replies
+        ]
+        assert data == [plain, deflated, short]
+        assert [(opcode, rsv) for opcode, rsv, _ in replies] == [(BINARY, 4), (TEXT, 4), (TEXT, 0)]
     finally:
         client.close()
 

@@ -56,7 +56,8 @@ DEFAULTS: Mapping[str, Any] = {
     "server_no_context_takeover": True,
     "client_no_context_takeover": False,
     "mem_level": 5,
-    "level": 6,
+    "level": 3,
+    "min_size": 128,
 }
 
 
@@ -66,7 +67,8 @@ def deflate_settings(compression: object) -> dict[str, Any] | None:
     ``"deflate"`` means :data:`DEFAULTS`; a mapping overrides some of them, with the
     names of RFC 7692's parameters (``server_max_window_bits`` 9-15,
     ``client_max_window_bits`` 8-15, ``server_no_context_takeover``,
-    ``client_no_context_takeover``) and zlib's ``mem_level`` (1-9) and ``level`` (0-9).
+    ``client_no_context_takeover``), zlib's ``mem_level`` (1-9) and ``level`` (0-9),
+    and ``min_size``: messages shorter than that many bytes are sent uncompressed.
     """
     if compression is None:
         return None
@@ -87,6 +89,7 @@ def deflate_settings(compression: object) -> dict[str, Any] | None:
         "client_max_window_bits": (8, 15),
         "mem_level": (1, 9),
         "level": (0, 9),
+        "min_size": (0, 2**63),
     }
     for name, (low, high) in ranges.items():
         value = settings[name]
@@ -122,6 +125,7 @@ class Deflate(Extension):
         local_max_window_bits: int,
         level: int = 6,
         mem_level: int = 5,
+        min_size: int = 0,
     ) -> None:
         self.remote_no_context_takeover = remote_no_context_takeover
         self.local_no_context_takeover = local_no_context_takeover
@@ -129,6 +133,8 @@ class Deflate(Extension):
         self.local_max_window_bits = local_max_window_bits
         self.level = level
         self.mem_level = mem_level
+        #: Messages shorter than this are sent uncompressed (by the connection).
+        self.min_size = min_size
         # zlib's streams, while they live (see the module's docstring).
         self._inflater: Any = None
         self._deflater: Any = None
@@ -253,6 +259,7 @@ def negotiate(
             extension.local_max_window_bits,
             settings["level"],
             settings["mem_level"],
+            settings["min_size"],
         )
         return build_extension([(name, _in_order(response_params))]), [deflate]
     return None, []

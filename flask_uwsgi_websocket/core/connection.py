@@ -895,8 +895,9 @@ class Connection:
             payload = bytes(payload)
         self.messages_out += 1
         self.bytes_out += len(payload)
-        if self.deflate is not None:
-            data = self.deflate.deflate(payload)
+        deflate = self.deflate
+        if deflate is not None and len(payload) >= deflate.min_size:
+            data = deflate.deflate(payload)
             if len(data) > COPY_LIMIT:
                 self._writev(frame_header(0x40 | opcode, len(data)), data)
             else:
