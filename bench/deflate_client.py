@@ -9,9 +9,10 @@ client_max_window_bits``, fails unless the server agrees, then sends a text mess
 and checks it, and sends again. The frame sent is compressed once per connection with a
 fresh compressor (within the window the server asked for): RFC 7692 lets a sender start
 a new deflate stream at any message, so it is valid whether or not context takeover was
-agreed, and the client spends its CPU on reading the echoes. Those are inflated as the
-server's parameters say (one inflater for the connection, or one per message when the
-server said ``server_no_context_takeover``). Prints one JSON object, as client.py does,
+agreed, and the client spends its CPU on reading the echoes. Those are inflated, when
+compressed (a server may send a message as it is), as the server's parameters say: one
+inflater for the connection, or one per message when the server said
+``server_no_context_takeover``. Prints one JSON object, as client.py does,
 with ``extension`` (the server's answer) and ``wire`` (bytes of one sent frame).
 ``--count N`` makes exactly N round trips per connection instead (no warm-up), for
 bench/deflate_callgrind.py.
@@ -189,12 +190,14 @@ class Echo(asyncio.Protocol):
             return
         if opcode in (0x9, 0xA):
             return  # a keepalive ping: the bench does not last long enough to need a pong
-        if b0 != 0xC1:
-            self.error = self.error or f"not a whole compressed text frame: {b0:#x}"
+        if b0 == 0xC1:
+            if self.fresh_inflater:
+                self.inflater = zlib.decompressobj(-self.wbits)
+            payload = self.inflater.decompress(payload + TAIL)
+        elif b0 != 0x81:  # a server may send a message uncompressed (RFC 7692, 6)
+            self.error = self.error or f"not a whole text frame: {b0:#x}"
             return
-        if self.fresh_inflater:
-            self.inflater = zlib.decompressobj(-self.wbits)
-        if self.inflater.decompress(payload + TAIL) != self.message:
+        if payload != self.message:
             self.error = self.error or "the echo is not the message"
         self.count += 1
         if self.count == self.limit:

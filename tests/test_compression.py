@@ -52,6 +52,7 @@ def test_deflate_means_the_defaults_and_none_means_off() -> None:
         ({"client_max_window_bits": 16}, "client_max_window_bits must be an int from 8 to 15"),
         ({"mem_level": 0}, "mem_level"),
         ({"level": "best"}, "level"),
+        ({"min_size": -1}, "min_size must be an int from 0"),
         ({"server_no_context_takeover": 1}, "True or False"),
     ],
 )
