@@ -3,6 +3,7 @@
     .venv/bin/python bench/echo.py [--duration 5] [--sizes 64,16384] [--conns 1,50]
                                    [--modes http,http-socket,http-socket-ws] [--json out.json]
                                    [--servers native,gevent,asyncio,picows,websockets,flask-sock]
+                                   [--deflate]
 
 For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
 examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py, ``plain``: examples/echo.py
@@ -13,7 +14,9 @@ measures round trips per second for every message size and connection count. The
 on gunicorn's gevent worker, one worker) speak HTTP themselves: they run in the
 ``http-socket`` mode only, pinned the same way. The servers take turns for ``--rounds``
 rounds (the machine is shared and noisy); the table gives the median of each server's
-runs and the ratios of the medians.
+runs and the ratios of the medians. ``--deflate`` measures with bench/deflate_client.py
+(JSON-like text, permessage-deflate) instead: for the servers that compress (gevent,
+asyncio, websockets).
 """
 
 from __future__ import annotations
@@ -212,9 +215,11 @@ def run_pinned(
             notes.append(f"{log.name}: uWSGI needed {sigints} SIGINTs to stop (>3: SIGKILL)")
 
 
-def measure(url: str, conns: int, size: int, duration: float, cpu: int | None) -> dict[str, Any]:
-    """Run bench/client.py once and return its JSON (or the failure)."""
-    cmd = [sys.executable, str(BENCH / "client.py"), url, "--conns", str(conns)]
+def measure(
+    url: str, conns: int, size: int, duration: float, cpu: int | None, client: str = "client.py"
+) -> dict[str, Any]:
+    """Run bench/``client`` once and return its JSON (or the failure)."""
+    cmd = [sys.executable, str(BENCH / client), url, "--conns", str(conns)]
     cmd += ["--size", str(size), "--duration", str(duration)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
@@ -246,6 +251,7 @@ RATIOS = [
     ("plain", "native"),
     ("gevent", "native"), ("asyncio", "native"), ("asyncio", "gevent"), ("picows", "native"),
     ("websockets", "native"), ("flask-sock", "native"), ("gevent", "flask-sock"),
+    ("gevent", "websockets"), ("asyncio", "websockets"),
 ]  # fmt: skip
 
 
@@ -291,7 +297,11 @@ def main() -> int:
     parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 8192"')
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--deflate", action="store_true", help="compressed JSON-like text (deflate_client.py)"
+    )
     args = parser.parse_args()
+    client = "deflate_client.py" if args.deflate else "client.py"
     modes: list[str] = csv_list(str, args.modes)
     sizes: list[int] = csv_list(int, args.sizes)
     conn_counts: list[int] = csv_list(int, args.conns)
@@ -318,7 +328,7 @@ def main() -> int:
                     url = f"ws://{HOST}:{port}{server.path}"
                     for size in sizes:
                         for n in conn_counts:
-                            got = measure(url, n, size, args.duration, client_cpu)
+                            got = measure(url, n, size, args.duration, client_cpu, client)
                             cell = cells.setdefault((mode, size, n), {})
                             cell.setdefault(f"{server.name}_runs", []).append(
                                 got.get("rt_per_s") or 0.0
@@ -343,7 +353,7 @@ def main() -> int:
         print("note:", note)
     print(f"uWSGI logs: {logdir}")
     if args.json:
-        meta = {"duration": args.duration, "extra_uwsgi_args": extra}
+        meta = {"duration": args.duration, "extra_uwsgi_args": extra, "client": client}
         meta |= {"server_cpu": server_cpu, "client_cpu": client_cpu}
         report = {"meta": meta, "results": results, "notes": notes}
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,7 @@ from websockets.headers import build_extension, parse_extension
 from websockets.protocol import CLIENT, Protocol
 
 from flask_uwsgi_websocket.core import connection as connection_module
+from flask_uwsgi_websocket.core.compression import DEFAULTS
 from flask_uwsgi_websocket.core.connection import LINGER, STREAM_BUFFER, Connection
 from flask_uwsgi_websocket.core.framing import build_frame
 from flask_uwsgi_websocket.core.handshake import Handshake, negotiate
@@ -344,8 +345,9 @@ def options(**changes: Any) -> Options:
     return Options(**{**defaults, **changes})
 
 
-def deflate() -> tuple[Handshake, list[Extension]]:
-    """An opening handshake that agrees permessage-deflate, and the client's extension."""
+def deflate(**settings: Any) -> tuple[Handshake, list[Extension]]:
+    """An opening handshake that agrees permessage-deflate (the default settings, changed
+    by ``settings``), and the client's extension."""
     factory = ClientPerMessageDeflateFactory(client_max_window_bits=True)
     environ = {
         "REQUEST_METHOD": "GET",
@@ -357,7 +359,7 @@ def deflate() -> tuple[Handshake, list[Extension]]:
             [(factory.name, factory.get_request_params())]
         ),
     }
-    handshake = negotiate(environ, Options())
+    handshake = negotiate(environ, Options(compression={**DEFAULTS, **settings}))
     [(_, params)] = parse_extension(dict(handshake.headers)["Sec-WebSocket-Extensions"])
     assert handshake.extensions
     return handshake, [factory.process_response_params(params, [])]
@@ -457,7 +459,7 @@ def compressed_fragmented_stream(peer: Peer) -> bytes:
         pytest.param(fast_stream, True, True, id="fast-in-compressed-connection"),
         pytest.param(fragmented_stream, False, False, id="fragmented"),
         pytest.param(pings_stream, False, False, id="pings-between-fragments"),
-        pytest.param(compressed_stream, True, False, id="compressed"),
+        pytest.param(compressed_stream, True, True, id="compressed"),
         pytest.param(compressed_fragmented_stream, True, False, id="compressed-fragmented"),
     ],
 )
@@ -1334,6 +1336,18 @@ def test_send_compressed(make: Callable[..., Harness]) -> None:
     assert len(wire) < 200
     h.peer.send_message("and back")
     assert h.receive(1) == ["and back"]
+
+
+def test_short_messages_are_sent_uncompressed(make: Callable[..., Harness]) -> None:
+    h = make(compressed=True)
+    assert h.connection.deflate is not None and h.connection.deflate.min_size == 128
+    with h.lock:
+        h.connection.send("x" * 127)  # not worth it: zlib would save a few bytes
+        h.connection.send(b"y" * 128)
+    assert h.run_until(lambda: len(h.peer.data()) == 2 and h.peer.data()) == ["x" * 127, b"y" * 128]
+    wire = bytes(h.peer.received)
+    assert wire[:4] == bytes((0x80 | TEXT, 126, 0, 127))  # RSV1 clear: as it is
+    assert wire[4 + 127] == 0x80 | RSV1 << 4 | BINARY  # compressed
 
 
 def test_send_after_close_raises(make: Callable[..., Harness]) -> None:

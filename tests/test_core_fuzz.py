@@ -62,9 +62,11 @@ from typing import Any
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol
 
+from flask_uwsgi_websocket.core.compression import Deflate
 from flask_uwsgi_websocket.core.connection import LINGER, READ_SIZE
 
 from .helpers import BINARY, CLOSE, CONT, PING, PONG, TEXT
@@ -361,10 +363,21 @@ def run(case: Case) -> None:
         "close_timeout": 60.0,
     }
     if case.compressed:
-        handshake, peer_extensions = deflate()
-        oracle_handshake, client_extensions = deflate()
+        # Every message compressed, as websockets does, so that the bytes sent agree.
+        handshake, peer_extensions = deflate(min_size=0)
+        oracle_handshake, client_extensions = deflate(min_size=0)
+        [ours] = oracle_handshake.extensions
+        assert isinstance(ours, Deflate)
+        # The oracle compresses and inflates with websockets' own extension, as agreed.
+        theirs = PerMessageDeflate(
+            ours.remote_no_context_takeover,
+            ours.local_no_context_takeover,
+            ours.remote_max_window_bits,
+            ours.local_max_window_bits,
+            {"level": ours.level, "memLevel": ours.mem_level},
+        )
         h = Harness(options(**changes), handshake, peer_extensions)
-        oracle = Oracle(case.max_size, list(oracle_handshake.extensions))
+        oracle = Oracle(case.max_size, [theirs])
     else:
         client_extensions = []
         h = Harness(options(**changes))

@@ -13,16 +13,19 @@ with one exception, measured to matter (see ``bench/``): a complete, final,
 masked, uncompressed text or binary frame that arrives outside a fragmented
 message is unmasked here, with ``websockets``' own ``apply_mask``, instead of
 through the protocol's generator-based parser, which costs about 10 µs per
-frame. Every other frame -- control frames, fragments, reserved bits, bad
-opcodes or masking, oversized lengths -- is fed to the protocol whole, so
+frame. When permessage-deflate was agreed, such a frame with the RSV1 bit (a whole
+compressed message) is likewise unmasked and inflated here, by the connection's
+:class:`~.compression.Deflate`, which the protocol uses as its extension for the
+frames it gets: one zlib stream each way for both. Every other frame -- control
+frames, fragments, other reserved bits, bad opcodes or masking, oversized lengths --
+is fed to the protocol whole, so
 the protocol always sits at a frame boundary and applies every check of the
 RFC; a frame whose header alone the protocol refuses (a bad opcode or
 masking, a length over the limit) is fed as soon as the header is in, and
 fails the connection at once. ``tests/test_core_fuzz.py`` checks that the
-two ways agree. Outgoing data frames are likewise serialized here (a 2 to
-10 byte header) when no compression was agreed; compressed frames and
-control frames go through the protocol, with its permessage-deflate
-extension.
+two ways agree. Outgoing messages are likewise serialized here (a 2 to
+10 byte header), compressed by the :class:`~.compression.Deflate` if agreed;
+fragments and control frames go through the protocol.
 
 Invalid UTF-8 fails the connection (1007) at the bad byte (RFC 6455, 8.1): the
 part that has come of an uncompressed text frame, or of a fragment of a text
@@ -49,10 +52,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from websockets.exceptions import PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLOSED, OPEN, SERVER, Protocol  # 16+: Protocol.current_size
 
 from ..exceptions import ConnectionClosed, WebSocketError
+from .compression import Deflate
 from .framing import Message, apply_mask, frame_header, read_header
 from .options import Options
 
@@ -183,8 +188,11 @@ class Connection:
         #: The subprotocol agreed in the handshake, or ``None``.
         self.subprotocol = handshake.subprotocol if handshake is not None else None
         self.protocol = Protocol(SERVER, max_size=options.max_message_size, logger=protocol_logger)
+        #: The permessage-deflate agreed, or ``None``.
+        self.deflate: Deflate | None = None
         if handshake is not None:
             self.protocol.extensions = list(handshake.extensions)
+            self.deflate = next((e for e in handshake.extensions if isinstance(e, Deflate)), None)
         self._max_size = options.max_message_size
         #: Whether messages can still be sent: the closing handshake has not begun. The
         #: protocol's state is OPEN, read again after every call that may change it (they
@@ -381,6 +389,7 @@ class Connection:
         end = len(view)
         max_size = self._max_size
         messages = self._messages
+        deflate = self.deflate
         count = size = 0  # of the messages taken on the fast path
         while end - pos >= 2:
             if streaming and len(self._fragments) >= STREAM_BUFFER:
@@ -440,6 +449,37 @@ class Connection:
                     messages.append(payload)
                 count += 1
                 size += length
+            elif (
+                (b0 == 0xC1 or b0 == 0xC2)
+                and masked
+                and deflate is not None
+                and protocol.current_size is None
+            ):
+                # A whole compressed message. A failure is not held (see _hold), as the
+                # protocol would not: inflating has changed the inflater already.
+                try:
+                    payload = deflate.inflate(
+                        apply_mask(view[start:stop], view[start - 4 : start]), True, max_size
+                    )
+                except PayloadTooBig as exc:
+                    self.fail(1009, str(exc))
+                    pos = end
+                    break
+                except ProtocolError as exc:
+                    self.fail(1002, str(exc))
+                    pos = end
+                    break
+                if b0 == 0xC1:
+                    try:
+                        messages.append(payload.decode())
+                    except UnicodeDecodeError as exc:
+                        self.fail(1007, f"invalid UTF-8: {exc.reason} at position {exc.start}")
+                        pos = end
+                        break
+                else:
+                    messages.append(payload)
+                count += 1
+                size += len(payload)
             else:
                 if (
                     messages
@@ -848,7 +888,6 @@ class Connection:
         """Send a text or binary frame; raises :class:`ConnectionClosed` once closing.
         With the lock held; never waits. Returns whether the sender should wait now
         (:attr:`backlogged`; told here, as asking costs a call per message)."""
-        protocol = self.protocol
         if not self.connected:
             raise self.closed_error()
         if self.fragmenting:
@@ -859,12 +898,13 @@ class Connection:
             payload = bytes(payload)
         self.messages_out += 1
         self.bytes_out += len(payload)
-        if protocol.extensions:
-            if opcode == Opcode.TEXT:
-                protocol.send_text(payload)
+        deflate = self.deflate
+        if deflate is not None and len(payload) >= deflate.min_size:
+            data = deflate.deflate(payload)
+            if len(data) > COPY_LIMIT:
+                self._writev(frame_header(0x40 | opcode, len(data)), data)
             else:
-                protocol.send_binary(payload)
-            self._flush_protocol()
+                self._write(frame_header(0x40 | opcode, len(data)) + data)
         elif (length := len(payload)) < 126:  # the header, inline: the echo's hot path
             self._write(bytes((0x80 | opcode, length)) + payload)
         elif length > COPY_LIMIT:
