@@ -2,15 +2,22 @@
 
 The handler runs in the request's thread. One daemon thread per worker process
 runs an asyncio event loop that watches every connection of that process (the
-:class:`IOThread`): it answers pings, keeps connections alive and queues
-messages while handlers do other work. A lock per connection makes ``send`` and
-``close`` safe from any thread.
+:class:`IOThread`): it answers pings, keeps connections alive, runs the timers and
+queues messages while handlers do other work. A lock per connection makes ``send``
+and ``close`` safe from any thread.
+
+While a handler waits in ``receive``, its own thread reads the socket instead (it
+polls the socket and a :class:`Waker`), so a message goes from the socket to
+the handler without waking a second thread; the I/O thread leaves the socket alone
+meanwhile and takes it back as soon as the handler has its message. Every read is
+made with the connection's lock held, so two threads never read at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -22,6 +29,8 @@ from .flask.middleware import WebSocketMiddleware
 from .shutdown import watch_signals
 
 __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
+
+_ONE = (1).to_bytes(8, "little")  # an eventfd's increment (and 8 bytes to a pipe)
 
 
 class IOThread:
@@ -101,20 +110,92 @@ class ThreadTimer:
             self._io.call(handle.cancel)
 
 
-class ThreadReactor:
-    """A connection's watchers on the process's :class:`IOThread`."""
+class Waker:
+    """What ends a thread's ``poll`` from another thread: an eventfd (a pipe where there
+    is none) and a ``poll`` object watching it. One per thread that has waited in
+    ``receive`` (see :func:`waker`); its descriptors are closed with the thread."""
 
-    def __init__(self, fd: int, io: IOThread) -> None:
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+        self.poll = select.poll()
+        self.poll.register(self.fd, select.POLLIN)
+        #: Set since the last :meth:`clear`: the descriptor is readable, no need to write.
+        self.set = False
+
+    def wake(self) -> None:
+        """End the owner's ``poll``; with the lock of the connection it waits for held."""
+        if not self.set:
+            self.set = True
+            try:
+                os.write(self._write_fd, _ONE)
+            except BlockingIOError:  # pragma: no cover - a full pipe is readable already
+                pass
+
+    def clear(self) -> None:
+        """Take the wake-up, after the ``poll`` saw it; with the same lock held."""
+        self.set = False
+        try:
+            os.read(self.fd, 4096)
+        except BlockingIOError:
+            pass
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+        if self._write_fd != self.fd:  # pragma: no cover - not Linux
+            os.close(self._write_fd)
+
+
+_local = threading.local()
+
+
+def waker() -> Waker:
+    """The current thread's :class:`Waker`, made on first use."""
+    try:
+        made: Waker = _local.waker
+    except AttributeError:
+        made = _local.waker = Waker()
+    return made
+
+
+class ThreadReactor:
+    """A connection's watchers on the process's :class:`IOThread`.
+
+    The I/O thread's read watch stays registered while the connection wants reads;
+    while :attr:`handler_reads` is set (with ``lock`` held) its callback does nothing,
+    as the handler's thread reads the socket itself (see ``WebSocketClient``).
+    Registering and removing it per message would cost a wake-up of the I/O thread
+    each time, which is what the handler reading its own socket saves.
+    """
+
+    def __init__(self, fd: int, io: IOThread, lock: Any) -> None:
         self.fd = fd
         self.io = io
+        self.lock = lock
+        #: The connection's read callback while it wants reads, else ``None``.
+        self.reader: Callable[[], None] | None = None
+        #: Whether the handler's thread is the one that reads (with ``lock`` held).
+        self.handler_reads = False
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` in the I/O thread whenever the socket is readable."""
+        """Call ``callback`` in the I/O thread whenever the socket is readable, unless
+        the handler's thread reads it then. With ``lock`` held."""
+        self.reader = callback
         loop = self.io.loop
         if callback is None:
             self.io.call(loop.remove_reader, self.fd)
         else:
-            self.io.call(loop.add_reader, self.fd, callback)
+            self.io.call(loop.add_reader, self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        with self.lock:
+            reader = self.reader
+            if reader is not None and not self.handler_reads:
+                reader()
 
     def watch_write(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` in the I/O thread whenever the socket is writable."""
@@ -154,10 +235,12 @@ class WebSocketClient(BlockingClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
+        self._poller: Waker | None = None  # the waker of the thread reading in receive
         super().__init__(*args, **kwargs)
 
     def _make_reactor(self, fd: int) -> Reactor:
-        return ThreadReactor(fd, IOThread.current())
+        self._reactor = ThreadReactor(fd, IOThread.current(), self._lock)
+        return self._reactor
 
     def _make_lock(self) -> Any:
         return self._lock
@@ -165,8 +248,44 @@ class WebSocketClient(BlockingClient):
     def _wait(self, timeout: float | None) -> None:
         self._condition.wait(timeout)
 
+    def _wait_message(self, timeout: float | None) -> None:
+        """Read the socket in this thread until it has something, a wake-up or
+        ``timeout``: the I/O thread does not read it meanwhile. Waits as :meth:`_wait`
+        when the connection does not want reads (its queue is full, it is over...) or
+        another thread reads it already. With the lock held (once)."""
+        reactor = self._reactor
+        if reactor.reader is None or self._poller is not None:
+            self._condition.wait(timeout)
+            return
+        try:
+            poller = waker()
+        except OSError:  # no descriptor to be had: the I/O thread reads
+            self._condition.wait(timeout)
+            return
+        fd = self.fd
+        poll = poller.poll
+        poll.register(fd, select.POLLIN)
+        reactor.handler_reads = True
+        self._poller = poller
+        self._lock.release()
+        try:
+            # In milliseconds, rounded up: a wait of under 1 ms is no busy loop.
+            events = poll.poll(None if timeout is None else timeout * 1000)
+        finally:
+            self._lock.acquire()
+            self._poller = None
+            reactor.handler_reads = False
+            poll.unregister(fd)
+        for ready, _ in events:
+            if ready != fd:
+                poller.clear()
+            elif (reader := reactor.reader) is not None:
+                reader()
+
     def _wake(self) -> None:
         self._condition.notify_all()
+        if self._poller is not None:
+            self._poller.wake()
 
 
 class WebSocket(WebSocketExtension):
