@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import selectors
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 from .client import BlockingClient
@@ -42,14 +44,24 @@ class IOThread:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        #: The sockets watched for reading (their callbacks as the keys' data), apart from
+        #: the loop's own selector: any thread may add or remove one without waking this
+        #: thread (epoll and kqueue take changes from any thread); the loop watches it.
+        self.readers = selectors.DefaultSelector()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="websocket-io", daemon=True
         )
         try:
+            self.loop.add_reader(self.readers.fileno(), self._on_readers)
             self.thread.start()
         except BaseException:  # no thread to be had: give the loop's descriptors back
+            self.readers.close()
             self.loop.close()
             raise
+
+    def _on_readers(self) -> None:
+        for key, _ in self.readers.select(0):
+            key.data()
 
     @classmethod
     def current(cls) -> IOThread:
@@ -165,11 +177,11 @@ def waker() -> Waker:
 class ThreadReactor:
     """A connection's watchers on the process's :class:`IOThread`.
 
-    The I/O thread's read watch stays registered while the connection wants reads;
-    while :attr:`handler_reads` is set (with ``lock`` held) its callback does nothing,
-    as the handler's thread reads the socket itself (see ``WebSocketClient``).
-    Registering and removing it per message would cost a wake-up of the I/O thread
-    each time, which is what the handler reading its own socket saves.
+    While the handler's thread reads the socket (:attr:`handler_reads`, set with
+    ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
+    woken for it; taking it out and putting it back are a system call each, made by the
+    handler's thread. A read event the I/O thread had already taken finds the flag set
+    and does nothing.
     """
 
     def __init__(self, fd: int, io: IOThread, lock: Any) -> None:
@@ -178,23 +190,38 @@ class ThreadReactor:
         self.lock = lock
         #: The connection's read callback while it wants reads, else ``None``.
         self.reader: Callable[[], None] | None = None
-        #: Whether the handler's thread is the one that reads (with ``lock`` held).
-        self.handler_reads = False
+        self._handler_reads = False
+        self._in_read_set = False
+
+    @property
+    def handler_reads(self) -> bool:
+        """Whether the handler's thread is the one that reads (set with ``lock`` held)."""
+        return self._handler_reads
+
+    @handler_reads.setter
+    def handler_reads(self, value: bool) -> None:
+        self._handler_reads = value
+        self._update()
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` in the I/O thread whenever the socket is readable, unless
         the handler's thread reads it then. With ``lock`` held."""
         self.reader = callback
-        loop = self.io.loop
-        if callback is None:
-            self.io.call(loop.remove_reader, self.fd)
-        else:
-            self.io.call(loop.add_reader, self.fd, self._on_readable)
+        self._update()
+
+    def _update(self) -> None:
+        want = self.reader is not None and not self._handler_reads
+        if want != self._in_read_set:
+            self._in_read_set = want
+            if want:
+                self.io.readers.register(self.fd, selectors.EVENT_READ, self._on_readable)
+            else:
+                self.io.readers.unregister(self.fd)
 
     def _on_readable(self) -> None:
         with self.lock:
             reader = self.reader
-            if reader is not None and not self.handler_reads:
+            if reader is not None and not self._handler_reads:
                 reader()
 
     def watch_write(self, callback: Callable[[], None] | None) -> None:
@@ -214,14 +241,12 @@ class ThreadReactor:
         callback()
 
     def close(self) -> None:
-        """Stop watching the socket before uWSGI closes it (and may reuse its number)."""
-        loop = self.io.loop
-
-        def stop() -> None:
-            loop.remove_reader(self.fd)
-            loop.remove_writer(self.fd)
-
-        self.io.call_and_wait(stop)
+        """Stop watching the socket before uWSGI closes it (and may reuse its number):
+        once this returns, the I/O thread has no event of it left to act on."""
+        with self.lock:
+            self.reader = None
+            self._update()
+        self.io.call_and_wait(partial(self.io.loop.remove_writer, self.fd))
 
 
 class WebSocketClient(BlockingClient):
@@ -267,20 +292,24 @@ class WebSocketClient(BlockingClient):
         poll.register(fd, select.POLLIN)
         reactor.handler_reads = True
         self._poller = poller
-        self._lock.release()
         try:
-            # In milliseconds, rounded up: a wait of under 1 ms is no busy loop.
-            events = poll.poll(None if timeout is None else timeout * 1000)
+            self._lock.release()
+            try:
+                # In milliseconds, rounded up: a wait of under 1 ms is no busy loop.
+                events = poll.poll(None if timeout is None else timeout * 1000)
+            finally:
+                self._lock.acquire()
+                self._poller = None
+                poll.unregister(fd)
+            for ready, _ in events:
+                if ready != fd:
+                    poller.clear()
+                elif (reader := reactor.reader) is not None:
+                    reader()
         finally:
-            self._lock.acquire()
-            self._poller = None
+            # After the read: the socket goes back to the I/O thread with nothing to read
+            # (unless more came), which does not wake it.
             reactor.handler_reads = False
-            poll.unregister(fd)
-        for ready, _ in events:
-            if ready != fd:
-                poller.clear()
-            elif (reader := reactor.reader) is not None:
-                reader()
 
     def _wake(self) -> None:
         self._condition.notify_all()
@@ -302,5 +331,5 @@ class WebSocket(WebSocketExtension):
     watch_worker_end = staticmethod(watch_signals)
 
     def prepare_worker(self) -> None:
-        """Start this process's I/O thread (its event loop takes three descriptors)."""
+        """Start this process's I/O thread (its event loop takes four descriptors)."""
         IOThread.current()
