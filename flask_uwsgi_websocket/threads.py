@@ -35,6 +35,63 @@ __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
 _ONE = (1).to_bytes(8, "little")  # an eventfd's increment (and 8 bytes to a pipe)
 
 
+class ReadSet:
+    """The sockets an :class:`IOThread` watches for reading, apart from its loop's own
+    selector: any thread may add or remove one, without waking the I/O thread (epoll and
+    kqueue take changes from any thread); the loop watches the set's descriptor."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._selector: selectors.BaseSelector | None = None
+        if hasattr(select, "epoll"):  # C calls only: it is used twice per message
+            self._epoll: select.epoll | None = select.epoll()
+        else:  # pragma: no cover - not Linux
+            self._epoll = None
+            self._selector = selectors.DefaultSelector()
+
+    def fileno(self) -> int:
+        """The descriptor that is readable when a socket of the set is."""
+        return self._epoll.fileno() if self._epoll is not None else self._selector.fileno()  # type: ignore[union-attr]
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the I/O thread whenever ``fd`` is readable."""
+        self._callbacks[fd] = callback
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:  # pragma: no cover - not Linux
+            assert self._selector is not None
+            self._selector.register(fd, selectors.EVENT_READ)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd``; a callback the I/O thread is about to make may still come."""
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+        else:  # pragma: no cover - not Linux
+            assert self._selector is not None
+            self._selector.unregister(fd)
+        self._callbacks.pop(fd, None)
+
+    def dispatch(self) -> None:
+        """Make the callbacks of the sockets that are readable; in the I/O thread."""
+        if self._epoll is not None:
+            ready = [fd for fd, _ in self._epoll.poll(0)]
+        else:  # pragma: no cover - not Linux
+            assert self._selector is not None
+            ready = [key.fd for key, _ in self._selector.select(0)]
+        for fd in ready:
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        """Give the descriptor back."""
+        if self._epoll is not None:
+            self._epoll.close()
+        else:  # pragma: no cover - not Linux
+            assert self._selector is not None
+            self._selector.close()
+
+
 class IOThread:
     """An asyncio event loop in a daemon thread: one per worker process."""
 
@@ -44,24 +101,18 @@ class IOThread:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        #: The sockets watched for reading (their callbacks as the keys' data), apart from
-        #: the loop's own selector: any thread may add or remove one without waking this
-        #: thread (epoll and kqueue take changes from any thread); the loop watches it.
-        self.readers = selectors.DefaultSelector()
+        #: The sockets watched for reading (see :class:`ThreadReactor`).
+        self.readers = ReadSet()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="websocket-io", daemon=True
         )
         try:
-            self.loop.add_reader(self.readers.fileno(), self._on_readers)
+            self.loop.add_reader(self.readers.fileno(), self.readers.dispatch)
             self.thread.start()
         except BaseException:  # no thread to be had: give the loop's descriptors back
             self.readers.close()
             self.loop.close()
             raise
-
-    def _on_readers(self) -> None:
-        for key, _ in self.readers.select(0):
-            key.data()
 
     @classmethod
     def current(cls) -> IOThread:
@@ -214,9 +265,9 @@ class ThreadReactor:
         if want != self._in_read_set:
             self._in_read_set = want
             if want:
-                self.io.readers.register(self.fd, selectors.EVENT_READ, self._on_readable)
+                self.io.readers.add(self.fd, self._on_readable)
             else:
-                self.io.readers.unregister(self.fd)
+                self.io.readers.remove(self.fd)
 
     def _on_readable(self) -> None:
         with self.lock:
