@@ -42,7 +42,7 @@ class ReadSet:
 
     def __init__(self) -> None:
         self._callbacks: dict[int, Callable[[], None]] = {}
-        self._selector: selectors.BaseSelector | None = None
+        self._selector: Any = None  # a selector with a fileno(): epoll's, kqueue's...
         if hasattr(select, "epoll"):  # C calls only: it is used twice per message
             self._epoll: select.epoll | None = select.epoll()
         else:  # pragma: no cover - not Linux
@@ -51,7 +51,10 @@ class ReadSet:
 
     def fileno(self) -> int:
         """The descriptor that is readable when a socket of the set is."""
-        return self._epoll.fileno() if self._epoll is not None else self._selector.fileno()  # type: ignore[union-attr]
+        if self._epoll is not None:
+            return self._epoll.fileno()
+        fileno: int = self._selector.fileno()  # pragma: no cover - not Linux
+        return fileno  # pragma: no cover - not Linux
 
     def add(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` in the I/O thread whenever ``fd`` is readable."""
@@ -59,7 +62,6 @@ class ReadSet:
         if self._epoll is not None:
             self._epoll.register(fd, select.EPOLLIN)
         else:  # pragma: no cover - not Linux
-            assert self._selector is not None
             self._selector.register(fd, selectors.EVENT_READ)
 
     def remove(self, fd: int) -> None:
@@ -67,7 +69,6 @@ class ReadSet:
         if self._epoll is not None:
             self._epoll.unregister(fd)
         else:  # pragma: no cover - not Linux
-            assert self._selector is not None
             self._selector.unregister(fd)
         self._callbacks.pop(fd, None)
 
@@ -76,7 +77,6 @@ class ReadSet:
         if self._epoll is not None:
             ready = [fd for fd, _ in self._epoll.poll(0)]
         else:  # pragma: no cover - not Linux
-            assert self._selector is not None
             ready = [key.fd for key, _ in self._selector.select(0)]
         for fd in ready:
             callback = self._callbacks.get(fd)
@@ -88,7 +88,6 @@ class ReadSet:
         if self._epoll is not None:
             self._epoll.close()
         else:  # pragma: no cover - not Linux
-            assert self._selector is not None
             self._selector.close()
 
 
@@ -340,10 +339,10 @@ class WebSocketClient(BlockingClient):
             return
         fd = self.fd
         poll = poller.poll
-        poll.register(fd, select.POLLIN)
         reactor.handler_reads = True
-        self._poller = poller
         try:
+            self._poller = poller
+            poll.register(fd, select.POLLIN)
             self._lock.release()
             try:
                 # In milliseconds, rounded up: a wait of under 1 ms is no busy loop.
