@@ -283,6 +283,11 @@ class BlockingClient(Client):
         """Block until :meth:`_wake` or ``timeout``; called with the lock held."""
         raise NotImplementedError
 
+    def _wait_message(self, timeout: float | None) -> None:
+        """Block until a message may have come, :meth:`_wake` or ``timeout``, in
+        ``receive``: where a flavour's handler may read its own socket. With the lock held."""
+        self._wait(timeout)
+
     def receive(self, timeout: float | None = DEFAULT) -> Message | None:
         """The next message: ``str`` (text) or ``bytes`` (binary).
 
@@ -299,12 +304,12 @@ class BlockingClient(Client):
         with connection.lock:
             if timeout is None:  # the common case, without a generator
                 while (message := connection.next_message()) is None:
-                    self._wait(None)
+                    self._wait_message(None)
                 return message
             steps = receiving(connection, timeout)
             try:
                 while True:
-                    self._wait(next(steps))
+                    self._wait_message(next(steps))
             except StopIteration as done:
                 result: Message | None = done.value
                 return result
@@ -325,7 +330,7 @@ class BlockingClient(Client):
             while True:
                 with connection.lock:
                     while (got := connection.next_fragment()) is None:
-                        self._wait(None)
+                        self._wait_message(None)
                 piece, final = got
                 yield piece
                 if final:

@@ -2,17 +2,26 @@
 
 The handler runs in the request's thread. One daemon thread per worker process
 runs an asyncio event loop that watches every connection of that process (the
-:class:`IOThread`): it answers pings, keeps connections alive and queues
-messages while handlers do other work. A lock per connection makes ``send`` and
-``close`` safe from any thread.
+:class:`IOThread`): it answers pings, keeps connections alive, runs the timers and
+queues messages while handlers do other work. A lock per connection makes ``send``
+and ``close`` safe from any thread.
+
+While a handler waits in ``receive``, its own thread reads the socket instead (it
+polls the socket and a :class:`Waker`), so a message goes from the socket to
+the handler without waking a second thread; the I/O thread leaves the socket alone
+meanwhile and takes it back as soon as the handler has its message. Every read is
+made with the connection's lock held, so two threads never read at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+import selectors
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 from .client import BlockingClient
@@ -22,6 +31,64 @@ from .flask.middleware import WebSocketMiddleware
 from .shutdown import watch_signals
 
 __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
+
+_ONE = (1).to_bytes(8, "little")  # an eventfd's increment (and 8 bytes to a pipe)
+
+
+class ReadSet:
+    """The sockets an :class:`IOThread` watches for reading, apart from its loop's own
+    selector: any thread may add or remove one, without waking the I/O thread (epoll and
+    kqueue take changes from any thread); the loop watches the set's descriptor."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._selector: Any = None  # a selector with a fileno(): epoll's, kqueue's...
+        if hasattr(select, "epoll"):  # C calls only: it is used twice per message
+            self._epoll: select.epoll | None = select.epoll()
+        else:  # pragma: no cover - not Linux
+            self._epoll = None
+            self._selector = selectors.DefaultSelector()
+
+    def fileno(self) -> int:
+        """The descriptor that is readable when a socket of the set is."""
+        if self._epoll is not None:
+            return self._epoll.fileno()
+        fileno: int = self._selector.fileno()  # pragma: no cover - not Linux
+        return fileno  # pragma: no cover - not Linux
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the I/O thread whenever ``fd`` is readable."""
+        self._callbacks[fd] = callback
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:  # pragma: no cover - not Linux
+            self._selector.register(fd, selectors.EVENT_READ)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd``; a callback the I/O thread is about to make may still come."""
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+        else:  # pragma: no cover - not Linux
+            self._selector.unregister(fd)
+        self._callbacks.pop(fd, None)
+
+    def dispatch(self) -> None:
+        """Make the callbacks of the sockets that are readable; in the I/O thread."""
+        if self._epoll is not None:
+            ready = [fd for fd, _ in self._epoll.poll(0)]
+        else:  # pragma: no cover - not Linux
+            ready = [key.fd for key, _ in self._selector.select(0)]
+        for fd in ready:
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        """Give the descriptor back."""
+        if self._epoll is not None:
+            self._epoll.close()
+        else:  # pragma: no cover - not Linux
+            self._selector.close()
 
 
 class IOThread:
@@ -33,12 +100,16 @@ class IOThread:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        #: The sockets watched for reading (see :class:`ThreadReactor`).
+        self.readers = ReadSet()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="websocket-io", daemon=True
         )
         try:
+            self.loop.add_reader(self.readers.fileno(), self.readers.dispatch)
             self.thread.start()
         except BaseException:  # no thread to be had: give the loop's descriptors back
+            self.readers.close()
             self.loop.close()
             raise
 
@@ -101,20 +172,107 @@ class ThreadTimer:
             self._io.call(handle.cancel)
 
 
-class ThreadReactor:
-    """A connection's watchers on the process's :class:`IOThread`."""
+class Waker:
+    """What ends a thread's ``poll`` from another thread: an eventfd (a pipe where there
+    is none) and a ``poll`` object watching it. One per thread that has waited in
+    ``receive`` (see :func:`waker`); its descriptors are closed with the thread."""
 
-    def __init__(self, fd: int, io: IOThread) -> None:
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+        self.poll = select.poll()
+        self.poll.register(self.fd, select.POLLIN)
+        #: Set since the last :meth:`clear`: the descriptor is readable, no need to write.
+        self.set = False
+
+    def wake(self) -> None:
+        """End the owner's ``poll``; with the lock of the connection it waits for held."""
+        if not self.set:
+            self.set = True
+            try:
+                os.write(self._write_fd, _ONE)
+            except BlockingIOError:  # pragma: no cover - a full pipe is readable already
+                pass
+
+    def clear(self) -> None:
+        """Take the wake-up, after the ``poll`` saw it; with the same lock held."""
+        self.set = False
+        try:
+            os.read(self.fd, 4096)
+        except BlockingIOError:
+            pass
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+        if self._write_fd != self.fd:  # pragma: no cover - not Linux
+            os.close(self._write_fd)
+
+
+_local = threading.local()
+
+
+def waker() -> Waker:
+    """The current thread's :class:`Waker`, made on first use."""
+    try:
+        made: Waker = _local.waker
+    except AttributeError:
+        made = _local.waker = Waker()
+    return made
+
+
+class ThreadReactor:
+    """A connection's watchers on the process's :class:`IOThread`.
+
+    While the handler's thread reads the socket (:attr:`handler_reads`, set with
+    ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
+    woken for it; taking it out and putting it back are a system call each, made by the
+    handler's thread. A read event the I/O thread had already taken finds the flag set
+    and does nothing.
+    """
+
+    def __init__(self, fd: int, io: IOThread, lock: Any) -> None:
         self.fd = fd
         self.io = io
+        self.lock = lock
+        #: The connection's read callback while it wants reads, else ``None``.
+        self.reader: Callable[[], None] | None = None
+        self._handler_reads = False
+        self._in_read_set = False
+
+    @property
+    def handler_reads(self) -> bool:
+        """Whether the handler's thread is the one that reads (set with ``lock`` held)."""
+        return self._handler_reads
+
+    @handler_reads.setter
+    def handler_reads(self, value: bool) -> None:
+        self._handler_reads = value
+        self._update()
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` in the I/O thread whenever the socket is readable."""
-        loop = self.io.loop
-        if callback is None:
-            self.io.call(loop.remove_reader, self.fd)
-        else:
-            self.io.call(loop.add_reader, self.fd, callback)
+        """Call ``callback`` in the I/O thread whenever the socket is readable, unless
+        the handler's thread reads it then. With ``lock`` held."""
+        self.reader = callback
+        self._update()
+
+    def _update(self) -> None:
+        want = self.reader is not None and not self._handler_reads
+        if want != self._in_read_set:
+            self._in_read_set = want
+            if want:
+                self.io.readers.add(self.fd, self._on_readable)
+            else:
+                self.io.readers.remove(self.fd)
+
+    def _on_readable(self) -> None:
+        with self.lock:
+            reader = self.reader
+            if reader is not None and not self._handler_reads:
+                reader()
 
     def watch_write(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` in the I/O thread whenever the socket is writable."""
@@ -133,14 +291,12 @@ class ThreadReactor:
         callback()
 
     def close(self) -> None:
-        """Stop watching the socket before uWSGI closes it (and may reuse its number)."""
-        loop = self.io.loop
-
-        def stop() -> None:
-            loop.remove_reader(self.fd)
-            loop.remove_writer(self.fd)
-
-        self.io.call_and_wait(stop)
+        """Stop watching the socket before uWSGI closes it (and may reuse its number):
+        once this returns, the I/O thread has no event of it left to act on."""
+        with self.lock:
+            self.reader = None
+            self._update()
+        self.io.call_and_wait(partial(self.io.loop.remove_writer, self.fd))
 
 
 class WebSocketClient(BlockingClient):
@@ -154,10 +310,12 @@ class WebSocketClient(BlockingClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
+        self._poller: Waker | None = None  # the waker of the thread reading in receive
         super().__init__(*args, **kwargs)
 
     def _make_reactor(self, fd: int) -> Reactor:
-        return ThreadReactor(fd, IOThread.current())
+        self._reactor = ThreadReactor(fd, IOThread.current(), self._lock)
+        return self._reactor
 
     def _make_lock(self) -> Any:
         return self._lock
@@ -165,8 +323,48 @@ class WebSocketClient(BlockingClient):
     def _wait(self, timeout: float | None) -> None:
         self._condition.wait(timeout)
 
+    def _wait_message(self, timeout: float | None) -> None:
+        """Read the socket in this thread until it has something, a wake-up or
+        ``timeout``: the I/O thread does not read it meanwhile. Waits as :meth:`_wait`
+        when the connection does not want reads (its queue is full, it is over...) or
+        another thread reads it already. With the lock held (once)."""
+        reactor = self._reactor
+        if reactor.reader is None or self._poller is not None:
+            self._condition.wait(timeout)
+            return
+        try:
+            poller = waker()
+        except OSError:  # no descriptor to be had: the I/O thread reads
+            self._condition.wait(timeout)
+            return
+        fd = self.fd
+        poll = poller.poll
+        reactor.handler_reads = True
+        try:
+            self._poller = poller
+            poll.register(fd, select.POLLIN)
+            self._lock.release()
+            try:
+                # In milliseconds, rounded up: a wait of under 1 ms is no busy loop.
+                events = poll.poll(None if timeout is None else timeout * 1000)
+            finally:
+                self._lock.acquire()
+                self._poller = None
+                poll.unregister(fd)
+            for ready, _ in events:
+                if ready != fd:
+                    poller.clear()
+                elif (reader := reactor.reader) is not None:
+                    reader()
+        finally:
+            # After the read: the socket goes back to the I/O thread with nothing to read
+            # (unless more came), which does not wake it.
+            reactor.handler_reads = False
+
     def _wake(self) -> None:
         self._condition.notify_all()
+        if self._poller is not None:
+            self._poller.wake()
 
 
 class WebSocket(WebSocketExtension):
@@ -183,5 +381,5 @@ class WebSocket(WebSocketExtension):
     watch_worker_end = staticmethod(watch_signals)
 
     def prepare_worker(self) -> None:
-        """Start this process's I/O thread (its event loop takes three descriptors)."""
+        """Start this process's I/O thread (its event loop takes four descriptors)."""
         IOThread.current()

@@ -153,6 +153,18 @@ def keepalive_echo(ws: WebSocketClient) -> None:
         record(route="keepalive-echo", code=ws.close_code)
 
 
+@websocket.route("/receive-then-busy")
+def receive_then_busy(ws: WebSocketClient) -> None:
+    """Echoes one message, then is busy (never receiving) until the file the query names
+    exists, 30 s at most, then echoes the two messages that came meanwhile. (The plain
+    flavour's handler read the socket itself in receive: the I/O thread must have it back.)"""
+    ws.send(ws.receive())
+    until = time.monotonic() + 30
+    while not os.path.exists(request.args["flag"]) and time.monotonic() < until:
+        sleep(0.05)
+    ws.send(f"{ws.receive()} {ws.receive()}")
+
+
 @websocket.route("/push")
 def push(ws: WebSocketClient) -> None:
     """Only sends, never receives: pings must be answered all the same."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from typing import Any
 
 from flask import request
@@ -131,6 +133,16 @@ async def keepalive_busy(ws: AsyncioWebSocketClient) -> None:
     await asyncio.sleep(2.5)
     await ws.send("still here")
     record(route="keepalive-busy", connected=ws.connected)
+
+
+@websocket.route("/receive-then-busy")
+async def receive_then_busy(ws: AsyncioWebSocketClient) -> None:
+    """As tests/app.py's."""
+    await ws.send(await ws.receive())
+    until = time.monotonic() + 30
+    while not os.path.exists(request.args["flag"]) and time.monotonic() < until:
+        await asyncio.sleep(0.05)
+    await ws.send(f"{await ws.receive()} {await ws.receive()}")
 
 
 @websocket.route("/keepalive-echo", ping_interval=0.3, ping_timeout=0.6)

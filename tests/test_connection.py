@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed as ClientClosed
@@ -254,6 +255,21 @@ def test_keepalive_holds_while_handler_is_busy_elsewhere(server: AppServer) -> N
     # for 2.5 s, well past ping_timeout: the connection must stay up.
     with connect(f"{server.url}/keepalive-busy", ping_interval=None) as ws:
         assert ws.recv(timeout=10) == "still here"
+
+
+def test_pings_are_answered_while_a_handler_that_received_is_busy(
+    server: AppServer, tmp_path: Path
+) -> None:
+    flag = tmp_path / "done"
+    raw = RawClient(server.address, f"/receive-then-busy?flag={flag}")
+    raw.send(frame(TEXT, b"first"))
+    assert raw.recv_data() == (TEXT, b"first")
+    raw.send(frame(PING, b"busy?") + frame(TEXT, b"two"))
+    assert raw.recv_frame() == (PONG, b"busy?", True)  # while the handler waits for the flag
+    flag.touch()
+    raw.send(frame(TEXT, b"three"))
+    assert raw.recv_data() == (TEXT, b"two three")
+    raw.close()
 
 
 def test_keepalive_pings_are_sent_to_a_live_client(server: AppServer) -> None:
