@@ -256,7 +256,9 @@ class Connection:
         self.fragmenting = False
         self._held: list[bytes] = []  # broadcasts that wait for its end
         self._held_size = 0
-        self._out: deque[bytes | bytearray | memoryview] = deque()
+        # Output the socket would not take yet; an empty tuple until there is some, as an
+        # empty deque costs ~0.7 KiB and most connections never fill their socket's buffer.
+        self._out: deque[bytes | bytearray | memoryview] | tuple[()] = ()
         self._out_size = 0
         self._eof_pending = False  # half-close once the output is flushed
         # While set, half-close once the peer has been quiet until _linger_until (LINGER).
@@ -746,10 +748,8 @@ class Connection:
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` after everything written before; never blocks. The one-chunk
         case of :meth:`_writev`, without its loop: every echo and broadcast comes here."""
-        out = self._out
-        if out or self._eof_pending:
-            out.append(data)
-            self._out_size += len(data)
+        if self._out or self._eof_pending:
+            self._queue(data)
             return
         try:
             sent = os.write(self.fd, data)
@@ -759,10 +759,16 @@ class Connection:
             self._connection_lost()
             return
         if sent < len(data):
-            rest = memoryview(data)[sent:] if sent else data
-            out.append(rest)
-            self._out_size += len(rest)
+            self._queue(memoryview(data)[sent:] if sent else data)
             self._update_writing()
+
+    def _queue(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Keep ``chunk`` to write when the socket takes more."""
+        out = self._out
+        if not out:
+            out = self._out = deque()
+        out.append(chunk)
+        self._out_size += len(chunk)
 
     def _writev(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` after everything written before; never blocks.
@@ -771,11 +777,9 @@ class Connection:
         would reach a proxy (uWSGI's ``--http`` router) in two reads, and its
         Nagle algorithm would hold the second behind the first's ACK.
         """
-        out = self._out
-        if out or self._eof_pending:
+        if self._out or self._eof_pending:
             for chunk in chunks:
-                out.append(chunk)
-                self._out_size += len(chunk)
+                self._queue(chunk)
             return
         try:
             sent = os.writev(self.fd, chunks)
@@ -788,11 +792,9 @@ class Connection:
             if sent >= len(chunk):
                 sent -= len(chunk)
                 continue
-            rest = memoryview(chunk)[sent:] if sent else chunk
+            self._queue(memoryview(chunk)[sent:] if sent else chunk)
             sent = 0
-            out.append(rest)
-            self._out_size += len(rest)
-        if out:
+        if self._out:
             self._update_writing()
 
     def on_writable(self) -> None:
@@ -802,19 +804,22 @@ class Connection:
                 return
             out = self._out
             try:
-                while out:
-                    chunk = out[0]
-                    sent = os.write(self.fd, chunk)
-                    self._out_size -= sent
-                    if sent < len(chunk):
-                        out[0] = memoryview(chunk)[sent:]
-                        break
-                    out.popleft()
+                if isinstance(out, deque):  # else nothing waits
+                    while out:
+                        chunk = out[0]
+                        sent = os.write(self.fd, chunk)
+                        self._out_size -= sent
+                        if sent < len(chunk):
+                            out[0] = memoryview(chunk)[sent:]
+                            break
+                        out.popleft()
+                    else:
+                        self._out = ()
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 self._connection_lost()
-            if not out and self._eof_pending:
+            if not self._out and self._eof_pending:
                 self._shutdown()
             self._update_writing()
             self._update_reading()
@@ -857,7 +862,7 @@ class Connection:
 
     def _connection_lost(self) -> None:
         """The socket failed: forget pending output, treat it as end of stream."""
-        self._out.clear()
+        self._out = ()
         self._out_size = 0
         self._eof_pending = False
         if not self._eof_received:
@@ -984,9 +989,7 @@ class Connection:
                     self._connection_lost()
                     return
                 if sent < len(frame):
-                    rest = memoryview(frame)[sent:] if sent else frame
-                    self._out.append(rest)
-                    self._out_size += len(rest)
+                    self._queue(memoryview(frame)[sent:] if sent else frame)
                     self._update_writing()
 
     def ping(self, data: bytes | str | None = None) -> Ping:
