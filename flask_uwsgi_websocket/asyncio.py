@@ -369,8 +369,7 @@ class AsyncioWebSocketClient(Client):
             task = self._loop.create_task(self._run(handler, kwargs, websocket, app))
             self._task = task
             request_greenlet = greenlet.getcurrent()
-            # The greenlet's own method, not a closure: fewer objects per connection.
-            task.add_done_callback(request_greenlet.switch)
+            task.add_done_callback(lambda _: request_greenlet.switch())
             while not task.done():
                 request_greenlet.parent.switch()  # the loop's greenlet
         finally:
