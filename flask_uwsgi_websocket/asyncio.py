@@ -336,15 +336,22 @@ class AsyncioWebSocketClient(Client):
         while not connection.closed:
             await self._wait(None)
 
-    async def __aiter__(self) -> AsyncIterator[Message]:
-        """Iterate over messages until the connection closes."""
-        while True:
-            try:
-                message = await self.receive(timeout=None)
-            except ConnectionClosed:
-                return
-            assert message is not None
-            yield message
+    def __aiter__(self) -> AsyncioWebSocketClient:
+        """Iterate over messages until the connection closes.
+
+        The connection is its own iterator: an async generator would be two more objects
+        per connection, and one more entry in the loop's set of async generators.
+        """
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message; :class:`StopAsyncIteration` once the connection is closed."""
+        try:
+            message = await self.receive(timeout=None)
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+        assert message is not None
+        return message
 
     # Serving: called by the extension, in the request's greenlet.
 
