@@ -57,9 +57,10 @@ Checks (a failure names itself in the output, and the exit status is 1):
   once each, in order, to members of the room only.
 - each connection closes as its kind should (1000, 1001 when recycled, 1013 for the slow
   reader, 1011 for the silent one; the server must close the half-closed and silent ones).
-- after each wave, once its connections are gone, each worker's open file descriptors are
-  back to their baseline and no socket of the instance's port is in CLOSE_WAIT (waiting at
-  most ``SETTLE`` seconds). A worker's baseline is its count at its second idle moment,
+- after each wave, once its connections are gone, each worker's open file descriptors
+  (but its eventfds: the plain flavour's handler threads keep one each) are back to their
+  baseline and no socket of the instance's port is in CLOSE_WAIT (waiting at most
+  ``SETTLE`` seconds). A worker's baseline is its count at its second idle moment,
   once it has been through a whole wave (a worker opens some sockets lazily: to Redis, for
   its threads); a wave kept from it by the warm-up does not count.
 - worker 1's resident memory (VmRSS) at its last idle moment is less than ``--rss-growth``
@@ -779,23 +780,28 @@ def stats(soak: Soak, flavour: str) -> list[dict[str, Any]]:
 
 
 def proc_figures(pid: int) -> tuple[int, int]:
-    """A process's VmRSS (KiB) and open file descriptors; ``(0, 0)`` if it is gone."""
+    """A process's VmRSS (KiB) and open file descriptors but its eventfds (the plain
+    flavour's handler threads each keep one once they have waited in ``receive``: at most
+    one per thread); ``(0, 0)`` if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-        return rss, len(os.listdir(f"/proc/{pid}/fd"))
+        targets = fd_targets(pid)
+        return rss, sum(targets.values()) - targets["anon_inode:[eventfd]"]
     except (OSError, StopIteration):
         return 0, 0
 
 
 def fd_targets(pid: int) -> Counter[str]:
-    """What a process's file descriptors are (``socket:[inode]`` as ``socket``)."""
+    """What a process's file descriptors are (``socket:[inode]`` as ``socket``, ``pipe``
+    alike; ``anon_inode:[eventfd]`` as it is)."""
     found: Counter[str] = Counter()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                found[target.split(":[")[0] if ":[" in target else target] += 1
+                numbered = target.startswith(("socket:[", "pipe:["))
+                found[target.split(":[")[0] if numbered else target] += 1
     return found
 
 
