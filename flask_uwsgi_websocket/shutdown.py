@@ -78,6 +78,9 @@ class OpenConnections:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: set[Closable] = set()
+        # Requests serving a connection: until their teardown has run, which is after
+        # their connection is closed.
+        self._requests = 0
         self._on_first: list[Callable[[], None]] = []
         #: Set once the worker has been told to go.
         self.going_away = False
@@ -115,6 +118,16 @@ class OpenConnections:
         with self._lock:
             self._open.discard(client)
 
+    def request_started(self) -> None:
+        """A request starts serving its connection (the shutdown waits for its end)."""
+        with self._lock:
+            self._requests += 1
+
+    def request_ended(self) -> None:
+        """A request is done: its handler has ended and its teardown has run."""
+        with self._lock:
+            self._requests -= 1
+
     def __len__(self) -> int:
         return len(self._open)
 
@@ -128,16 +141,17 @@ class OpenConnections:
         return len(clients)
 
     def wait_until_gone(self, sleep: Callable[[float], object] = time.sleep) -> None:
-        """Wait until every handler has ended, :data:`GRACE` seconds at most (``sleep``
-        is how this flavour waits); log the ones left to uWSGI."""
+        """Wait until every handler has ended and its request's teardown has run,
+        :data:`GRACE` seconds at most (``sleep`` is how this flavour waits); log the ones
+        left to uWSGI."""
         deadline = time.monotonic() + GRACE
-        while self._open and time.monotonic() < deadline:
+        while (self._open or self._requests) and time.monotonic() < deadline:
             sleep(0.01)
-        if self._open:
+        if self._open or self._requests:
             logger.warning(
                 "worker %d: %d WebSocket handler(s) still running %.0f s after their "
                 "connections closed with 1001; uWSGI ends them",
-                os.getpid(), len(self._open), GRACE,
+                os.getpid(), max(len(self._open), self._requests), GRACE,
             )  # fmt: skip
 
     def shut_down(self, sleep: Callable[[float], object] = time.sleep) -> None:

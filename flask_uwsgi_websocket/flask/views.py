@@ -29,6 +29,7 @@ from ..core.handshake import Handshake, check_origin, negotiate
 from ..core.options import Options
 from ..exceptions import HandshakeError
 from ..runtimes import SOCKET
+from ..shutdown import connections
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -184,9 +185,18 @@ def _serve(
     try:
         yield b""  # primed by accept, so that closing the body unwinds this
         yield b""  # uWSGI sends the 101 with the first item of the body
+    except BaseException:
+        ctx.pop(None)
+        raise
+    # A worker told to go waits for the teardown too, not only for the handler.
+    connections.request_started()
+    try:
         error = websocket.serve(app, handler, kwargs, environ, options, handshake)
     finally:
-        ctx.pop(error)
+        try:
+            ctx.pop(error)
+        finally:
+            connections.request_ended()
 
 
 _SWITCHING: dict[type[Response], type[Response]] = {}
