@@ -248,9 +248,11 @@ def negotiate(
         except NegotiationError:
             continue  # not acceptable as offered: try the client's next offer
         except ValueError:
-            # The same for websockets < 17, which leaves server_max_window_bits=8 to zlib,
-            # and zlib refuses to compress with a 2**8 window.
+            # The same for websockets < 17 when it makes a compressor at once: it leaves
+            # server_max_window_bits=8 to zlib, which refuses to compress with a 2**8 window.
             continue
+        if extension.local_max_window_bits < 9:
+            continue  # that window again, where websockets < 17 made no compressor yet
         remote_no_context_takeover = extension.remote_no_context_takeover
         if (
             not remote_no_context_takeover
