@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import uvloop
@@ -88,27 +89,36 @@ async def run(url: str, conns: int, size: int, warmup: float, duration: float) -
     try:
         if failures:
             return result
-        for listener in listeners:
-            listener.start()
-        await asyncio.sleep(warmup)
-        before = [listener.count for listener in listeners]
-        start = time.perf_counter()
-        await asyncio.sleep(duration)
-        after = [listener.count for listener in listeners]
-        elapsed = time.perf_counter() - start
-        per_conn = [a - b for a, b in zip(after, before, strict=True)]
-        result.update(
-            rt_per_s=sum(per_conn) / elapsed,
-            round_trips=sum(per_conn),
-            elapsed=elapsed,
-            min_conn=min(per_conn),
-            max_conn=max(per_conn),
-            stalled_conns=sum(1 for n in per_conn if n == 0),
-        )
-        result["errors"] = [lst.error for lst in listeners if lst.error]
+        result.update(await count_round_trips(listeners, warmup, duration))
         return result
     finally:
         await close_all(listeners)
+
+
+async def count_round_trips(
+    echoes: Sequence[Any], warmup: float, duration: float
+) -> dict[str, Any]:
+    """Start each echo loop (its ``start()``; it counts round trips in ``count`` and
+    keeps its failure in ``error``), let them warm up, then count for ``duration``
+    seconds: the figures of a run."""
+    for echo in echoes:
+        echo.start()
+    await asyncio.sleep(warmup)
+    before = [echo.count for echo in echoes]
+    start = time.perf_counter()
+    await asyncio.sleep(duration)
+    after = [echo.count for echo in echoes]
+    elapsed = time.perf_counter() - start
+    per_conn = [a - b for a, b in zip(after, before, strict=True)]
+    return {
+        "rt_per_s": sum(per_conn) / elapsed,
+        "round_trips": sum(per_conn),
+        "elapsed": elapsed,
+        "min_conn": min(per_conn),
+        "max_conn": max(per_conn),
+        "stalled_conns": sum(1 for n in per_conn if n == 0),
+        "errors": [echo.error for echo in echoes if echo.error],
+    }
 
 
 async def close_all(listeners: list[EchoListener]) -> None:

@@ -28,12 +28,12 @@ import json
 import os
 import random
 import sys
-import time
 import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
 import uvloop
+from client import count_round_trips
 from websockets.speedups import apply_mask
 
 CONNECT_TIMEOUT = 10.0
@@ -264,24 +264,7 @@ async def run(
             result.update(round_trips=count * conns, rt_per_s=0.0)
             result["errors"] = [echo.error for echo in echoes if echo.error]
             return result
-        for echo in echoes:
-            echo.start()
-        await asyncio.sleep(warmup)
-        before = [echo.count for echo in echoes]
-        start = time.perf_counter()
-        await asyncio.sleep(duration)
-        after = [echo.count for echo in echoes]
-        elapsed = time.perf_counter() - start
-        per_conn = [a - b for a, b in zip(after, before, strict=True)]
-        result.update(
-            rt_per_s=sum(per_conn) / elapsed,
-            round_trips=sum(per_conn),
-            elapsed=elapsed,
-            min_conn=min(per_conn),
-            max_conn=max(per_conn),
-            stalled_conns=sum(1 for n in per_conn if n == 0),
-        )
-        result["errors"] = [echo.error for echo in echoes if echo.error]
+        result.update(await count_round_trips(echoes, warmup, duration))
         return result
     finally:
         for echo in echoes:
