@@ -42,9 +42,10 @@ asyncio). For each flavour it runs waves, one after the other, each ``--wave`` s
   while worker 2 is being recycled), or the first time that happens would look like
   growth.
 - the workers run with glibc's allocator set as README.rst advises (``--malloc tuned``:
-  ``GLIBC_TUNABLES`` with two arenas and a fixed 128 KiB mmap threshold); ``--malloc
-  default`` leaves glibc's defaults, under which the plain flavour's 64 threads keep
-  growing their arenas.
+  ``GLIBC_TUNABLES`` with two arenas, a fixed 128 KiB mmap threshold and no per-thread
+  cache); ``--malloc default`` leaves glibc's defaults, under which the plain flavour's 64
+  threads keep growing their arenas, and ``--malloc tuned-with-tcache`` keeps the
+  per-thread caches, which fill slowly (up to about 240 KiB a thread).
 
 Checks (a failure names itself in the output, and the exit status is 1):
 
@@ -114,9 +115,18 @@ WORKERS = 2
 #: Connections worker 1 holds at once in the warm-up's peak: every thread of the plain
 #: flavour, more than a wave ever puts on one worker (see ``peak``).
 PEAK = 64
-#: glibc's allocator settings README.rst advises (``--malloc tuned``): two arenas, and
-#: buffers from 128 KiB up mapped and unmapped on their own.
-TUNED_MALLOC = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072"
+#: glibc's allocator settings README.rst advises (``--malloc tuned``): two arenas, buffers
+#: from 128 KiB up mapped and unmapped on their own, no per-thread cache of freed chunks.
+TUNED_MALLOC = (
+    "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072:glibc.malloc.tcache_count=0"
+)
+MALLOC_SETTINGS = {
+    "tuned": TUNED_MALLOC,
+    # Each thread keeps a cache of freed chunks (tcache), which fills slowly: with many
+    # threads, it looks like growth.
+    "tuned-with-tcache": "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072",
+    "default": "",
+}
 #: The worker the soak recycles (worker 1 never is: its RSS is the one checked).
 RECYCLED = 2
 ROOMS = [f"room-{n}" for n in range(6)]
@@ -240,6 +250,7 @@ class Soak:
         self.keys = itertools.count()
         #: The worker pid each flavour's connections must land on now (see ``waves``).
         self.pinned: dict[str, int | None] = {}
+        self.census_baseline: dict[str, bool] = {}
         self.notes: list[str] = []
         self.stopping = False
 
@@ -864,6 +875,23 @@ async def trimmed_rss(soak: Soak, flavour: str, now: dict[str, Any]) -> None:
             soak.fail("soak error", f"{flavour}: the trim command not answered")
         worker["rss_trimmed_kib"] = proc_figures(worker["pid"])[0]
         soak.counts[flavour]["trims"] += 1
+        baseline = now["t"] > soak.args.warmup and not soak.census_baseline.get(flavour)
+        await conn.command(census=True, baseline=baseline)
+        reply = await asyncio.wait_for(conn.ws.recv(), OPEN_TIMEOUT)
+        if not isinstance(reply, str) or not reply.startswith("C"):
+            soak.fail("soak error", f"{flavour}: the census command not answered")
+        else:
+            figures = json.loads(reply[1:])
+            soak.census_baseline[flavour] = soak.census_baseline.get(flavour) or baseline
+            worker["py_blocks"], worker["py_objects"] = figures["blocks"], figures["objects"]
+            worker["malloc_used_kib"] = figures["malloc_used"] // 1024
+            worker["malloc_free_kib"] = figures["malloc_free"] // 1024
+            if "traced" in figures:
+                worker["py_traced_kib"] = figures["traced"] // 1024
+            if figures.get("top") and soak.census_baseline[flavour]:
+                worker["py_top"] = figures["top"]
+                print(f"{flavour} worker 1, tracemalloc since the warm-up:", flush=True)
+                print("\n".join("  " + line for line in figures["top"]), flush=True)
         await conn.ws.close()
     finally:
         conn.ws.transport.abort()
@@ -1046,7 +1074,15 @@ def rss_check(soak: Soak) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for flavour in soak.flavours:
         found[flavour] = figures = {}
-        for key in ("rss_trimmed_kib", "rss_kib"):
+        for key in (
+            "rss_trimmed_kib",
+            "rss_kib",
+            "py_blocks",
+            "py_objects",
+            "py_traced_kib",
+            "malloc_used_kib",
+            "malloc_free_kib",
+        ):
             points = [
                 (idle["t"], w["pid"], w[key])
                 for idle in soak.idle[flavour]
@@ -1056,7 +1092,8 @@ def rss_check(soak: Soak) -> dict[str, Any]:
             during = [p for p in points if p[0] <= soak.args.warmup]
             after = [p for p in points if p[0] > soak.args.warmup]
             if not during or not after:
-                soak.fail("no RSS figures", f"{flavour}: {len(points)} idle moments ({key})")
+                if key.startswith("rss"):
+                    soak.fail("no RSS figures", f"{flavour}: {len(points)} idle moments ({key})")
                 continue
             t0, pid0, rss0 = max(during, key=lambda p: p[2])
             t1, pid1, rss1 = after[-1]
@@ -1140,7 +1177,11 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     # background (where a shell has it ignore SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupted)
-    malloc = {"GLIBC_TUNABLES": TUNED_MALLOC} if args.malloc == "tuned" else {}
+    malloc = (
+        {"GLIBC_TUNABLES": MALLOC_SETTINGS[args.malloc]} if MALLOC_SETTINGS[args.malloc] else {}
+    )
+    if args.tracemalloc:
+        malloc["SOAK_TRACEMALLOC"] = "1"
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         for flavour in soak.flavours:
@@ -1229,6 +1270,16 @@ def summary(figures: dict[str, Any]) -> str:
                 cells.append(f"{value:,}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     rss = figures["rss"]
+    for key, what in (
+        ("py_blocks", "Python's blocks"), ("py_objects", "objects tracked"),
+        ("malloc_used_kib", "malloc in use, KiB"), ("malloc_free_kib", "malloc free, KiB"),
+    ):  # fmt: skip
+        checks = [rss.get(flavour, {}).get(key) for flavour in flavours]
+        cells = [
+            f"{c['warm_kib']:,} → {c['end_kib']:,} ({c['growth_pct']:+.1f}%)" if c else "-"
+            for c in checks
+        ]
+        rows.append(f"| worker 1 {what}: warm → end | " + " | ".join(cells) + " |")
     for key, what in (("rss_trimmed_kib", "RSS trimmed"), ("rss_kib", "RSS as it was")):
         checks = [rss.get(flavour, {}).get(key) for flavour in flavours]
         cells = [
@@ -1282,8 +1333,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rss-growth", type=float, default=5.0, help="most growth of worker 1's RSS, in %%"
     )
     parser.add_argument(
-        "--malloc", choices=("tuned", "default"), default="tuned",
-        help="glibc's allocator in the workers: README.rst's settings (default) or glibc's",
+        "--malloc", choices=tuple(MALLOC_SETTINGS), default="tuned",
+        help="glibc's allocator in the workers: README.rst's settings (tuned, the default), "
+        "those but with glibc's per-thread caches, or glibc's defaults",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracemalloc", action="store_true",
+        help="trace Python's allocations in the workers; print the lines that grew most",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--seed", type=int, default=None)

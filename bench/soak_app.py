@@ -13,7 +13,15 @@ except a text message starting with ``!``, a JSON command:
   ``F<tag>:<i>:`` followed by ``size`` bytes of ``x`` to ``room``, answered ``A<tag>``;
 - ``{"trim": true}``: glibc's ``malloc_trim(0)`` in this worker, answered ``T``: the
   allocator gives back the free pages it keeps (in every arena), so that the RSS the soak
-  reads next is the memory in use, not the allocator's high-water mark.
+  reads next is the memory in use, not the allocator's high-water mark;
+- ``{"census": true, "baseline": b}``: Python's own figures in this worker, answered
+  ``C`` and a JSON object: ``blocks`` (``sys.getallocatedblocks()``), ``objects`` (those
+  the collector tracks), ``threads``, and glibc's ``mallinfo2()`` over every arena:
+  ``malloc_used`` (bytes of chunks in use, mmapped ones too) and ``malloc_free`` (free
+  chunks the arenas keep); with ``SOAK_TRACEMALLOC`` set (tracemalloc on
+  from the start), also ``traced`` (bytes) and, unless ``baseline`` (which takes the
+  snapshot to compare with), ``top``: the 15 source lines whose allocations grew most
+  since. What tells a leak of Python objects from the allocator's fragmentation.
 
 Keepalive pings every 5 s, 5 s to answer: a silent peer is sent a 1011 close frame 10 s
 after it fell silent, and the TCP connection is closed 10 s later (``close_timeout``).
@@ -22,8 +30,12 @@ after it fell silent, and the TCP connection is closed 10 s later (``close_timeo
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
+import sys
+import threading
+import tracemalloc
 from typing import Any
 
 from flask import Flask
@@ -34,6 +46,22 @@ SLOW_BUFFER = 65536
 BIG_BUFFER = 2**24
 
 LIBC = ctypes.CDLL(None)  # the process's own C library: glibc on Linux
+if os.environ.get("SOAK_TRACEMALLOC"):
+    tracemalloc.start(4)
+BASELINE: list[tracemalloc.Snapshot] = []
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+LIBC.mallinfo2.restype = MallInfo2
 
 app = Flask(__name__)
 app.config.from_prefixed_env()
@@ -46,6 +74,8 @@ def answer(ws: Any, command: dict[str, Any]) -> tuple[str, list[tuple[Any, str]]
     if "trim" in command:
         LIBC.malloc_trim(0)
         return "T", []
+    if "census" in command:
+        return "C" + json.dumps(census(command.get("baseline", False))), []
     if "broadcast" in command:
         payload = command["broadcast"]
         message = payload.encode() if command.get("binary") else payload
@@ -53,6 +83,28 @@ def answer(ws: Any, command: dict[str, Any]) -> tuple[str, list[tuple[Any, str]]
     tag, size = command["tag"], command["size"]
     flood = [(f"F{tag}:{i}:" + "x" * size, command["room"]) for i in range(command["flood"])]
     return f"A{tag}", flood
+
+
+def census(baseline: bool) -> dict[str, Any]:
+    """Python's figures in this worker (see the module's docstring)."""
+    gc.collect()
+    figures: dict[str, Any] = {
+        "blocks": sys.getallocatedblocks(),
+        "objects": len(gc.get_objects()),
+        "threads": threading.active_count(),
+    }
+    info = LIBC.mallinfo2()
+    figures["malloc_used"] = info.uordblks + info.hblkhd
+    figures["malloc_free"] = info.fordblks
+    if tracemalloc.is_tracing():
+        snapshot = tracemalloc.take_snapshot()
+        figures["traced"] = tracemalloc.get_traced_memory()[0]
+        if baseline or not BASELINE:
+            BASELINE[:] = [snapshot]
+        else:
+            top = snapshot.compare_to(BASELINE[0], "lineno")[:15]
+            figures["top"] = [str(stat) for stat in top]
+    return figures
 
 
 def hello(ws: Any) -> str:
