@@ -4,18 +4,20 @@
                                      [--settings none,deflate,deflate-default] [--json out.json]
 
 Each server of bench/echo.py (``native``: uWSGI's own loop, bench/native_echo.py;
-``gevent`` and ``asyncio``: the examples; ``websockets``: its asyncio server; ``flask-sock``:
-gunicorn's gevent worker; all in bench/peer_echo.py) is started fresh for each client
-setting, uWSGI ones with one worker, ``--http-socket`` and as many cores (``--gevent N``,
-``--asyncio N``) as connections plus 10. The ``websockets`` client opens the connections
-one after the other, echoes one message on each (``--size`` characters of text, default
-64) and the serving process's resident memory (``VmRSS`` of the worker: the master's or
-gunicorn's one child, or the peer's process itself) is read before and after; the growth
-divided by the count is the figure. Every connection must echo its message: the ones that
-did not are counted by what happened (refused, closed or dropped) and the exit status is 1
-if there were any. The client settings ``deflate`` (client keeps a 2**15 window) and
-``deflate-default`` (websockets' default offer) apply to the servers that can agree on
-permessage-deflate (``gevent``, ``asyncio``, ``websockets``).
+``gevent`` and ``asyncio``: the examples; ``gevent-callbacks``: a callback handler of the
+gevent flavour, bench/callbacks_echo.py, whose connections outlive their requests;
+``websockets``: its asyncio server; ``flask-sock``: gunicorn's gevent worker; all in
+bench/peer_echo.py) is started fresh for each client setting, uWSGI ones with one worker,
+``--http-socket`` and as many cores (``--gevent N``, ``--asyncio N``) as connections plus
+10. The ``websockets`` client opens the connections one after the other, echoes one
+message on each (``--size`` characters of text, default 64) and the serving process's
+resident memory (``VmRSS`` of the worker: the master's or gunicorn's one child, or the
+peer's process itself) is read before and after; the growth divided by the count is the
+figure. Every connection must echo its message: the ones that did not are counted by what
+happened (refused, closed or dropped) and the exit status is 1 if there were any. The
+client settings ``deflate`` (client keeps a 2**15 window) and ``deflate-default``
+(websockets' default offer) apply to the servers that can agree on permessage-deflate
+(``gevent``, ``asyncio``, ``websockets``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: The servers that agree on permessage-deflate (the others would measure "none" again).
 DEFLATE_SERVERS = {"gevent", "asyncio", "websockets"}
-MEMORY_SERVERS = ["native", "gevent", "asyncio", "websockets", "flask-sock"]
+MEMORY_SERVERS = ["native", "gevent", "gevent-callbacks", "asyncio", "websockets", "flask-sock"]
 STARTUP_TIMEOUT = 30.0
 GIVE_UP = 5
 

@@ -142,7 +142,7 @@ class GeventWebSocketClient(BlockingClient):
                 if waiter in self._waiters:  # woken by the timer
                     self._waiters.remove(waiter)
 
-    def _wake(self) -> None:
+    def _wake_waiters(self) -> None:
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -160,6 +160,8 @@ class GeventWebSocketClient(BlockingClient):
             and not self.connection.connected
         ):
             self._hub.loop.run_callback(self._stop_handler)
+
+    _wake = _wake_waiters
 
     def _stop_handler(self) -> None:
         handler = self._handler
@@ -234,7 +236,7 @@ class DetachedClient(GeventWebSocketClient):
         return DETACHED
 
     def _wake(self) -> None:
-        super()._wake()
+        self._wake_waiters()
         if not self._busy and not self._checking:
             self._checking = True
             self._hub.loop.run_callback(self._check)
