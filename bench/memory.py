@@ -186,13 +186,13 @@ def running(cmd: list[str], port: int, log: Path, notes: list[str]) -> Iterator[
 def table(rows: list[Row]) -> str:
     """The rows as a text table, with each figure's ratio to uWSGI's loop's."""
     native = {r.setting: r.kib_per_connection for r in rows if r.server == "native"}
-    lines = [f"{'server':<11} {'setting':<16} {'conns':>6} {'KiB/conn':>9} {'x native':>9} "
+    lines = [f"{'server':<16} {'setting':<16} {'conns':>6} {'KiB/conn':>9} {'x native':>9} "
              f"{'open s':>7}  echoed"]  # fmt: skip
     for r in rows:
         base = native.get(r.setting) or native.get("none")
         ratio = f"{r.kib_per_connection / base:9.2f}" if base else f"{'-':>9}"
         lines.append(
-            f"{r.server:<11} {r.setting:<16} {r.connections:>6} {r.kib_per_connection:9.1f} "
+            f"{r.server:<16} {r.setting:<16} {r.connections:>6} {r.kib_per_connection:9.1f} "
             f"{ratio} {r.open_seconds:7.1f}  {r.echoed} of {r.connections}"
             + "".join(f"; {kind}: {n}" for kind, n in r.failures.items())
         )

@@ -195,7 +195,8 @@ class DetachedClient(GeventWebSocketClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._callbacks: tuple[Callable[..., Any] | None, ...] = (None, None, None)
         self._context: Any = None
-        self._finish: Callable[[Exception | None], None] | None = None
+        # What ending needs: the class, the error handlers, the app, the request's end.
+        self._ending: tuple[type, ErrorHandlers, Flask, Callable[[BaseException | None], None]]
         self._busy = True  # a greenlet runs this connection's callbacks: on_open's first
         self._checking = False
         super().__init__(*args, **kwargs)
@@ -211,15 +212,8 @@ class DetachedClient(GeventWebSocketClient):
         """Call ``on_open`` in this (the request's) greenlet, then detach: return
         :data:`DETACHED`, and call ``end`` once the connection has ended. When
         ``on_open`` raises, end the connection now and return the exception left."""
-        handler = callbacks.blocking(cls)  # the name under which failures are logged
         self._callbacks = on_open, _, _ = callbacks.instance(cls)
-
-        def finish(error: Exception | None) -> None:
-            try:
-                end(self._end(error, handler, websocket, app))
-            except Exception:  # a teardown function raised: in no request to fail now
-                app.logger.exception("WebSocket %s: the request's teardown failed", self.id)
-
+        self._ending = cls, websocket, app, end
         try:
             if on_open is not None:
                 self._enter_handler()
@@ -228,9 +222,8 @@ class DetachedClient(GeventWebSocketClient):
                 finally:
                     self._leave_handler()
         except Exception as exc:
-            return self._end(exc, handler, websocket, app)
+            return self._end(exc)
         self._context = greenlet.getcurrent().gr_context
-        self._finish = finish
         self._busy = False
         self._wake()  # what came during on_open
         return DETACHED
@@ -284,18 +277,17 @@ class DetachedClient(GeventWebSocketClient):
             self._busy = False
 
     def _ended(self, error: Exception | None = None) -> None:
-        assert self._finish is not None
-        self._finish(error)
+        """End the connection, then its request (its teardown)."""
+        app, end = self._ending[2:]
+        try:
+            end(self._end(error))
+        except Exception:  # a teardown function raised: no request left to fail
+            app.logger.exception("WebSocket %s: the request's teardown failed", self.id)
 
-    def _end(
-        self,
-        error: Exception | None,
-        handler: Callable[..., Any],
-        websocket: ErrorHandlers,
-        app: Flask,
-    ) -> Exception | None:
+    def _end(self, error: Exception | None) -> Exception | None:
         """``on_close``, then the close the handler's outcome calls for, and release;
         the exception left."""
+        cls, websocket, app, _ = self._ending
         on_close = self._callbacks[2]
         try:
             try:
@@ -303,6 +295,7 @@ class DetachedClient(GeventWebSocketClient):
                     on_close(self, self.close_code, self.close_reason)
             except Exception as exc:
                 error = exc
+            handler = callbacks.blocking(cls)  # the name under which failures are logged
             code, reason, failure = outcome_sync(websocket, app, handler, self, error)
             self.close(code, reason)
             return failure
