@@ -8,6 +8,7 @@ from flask import Flask
 from flask_uwsgi_websocket import GeventWebSocket, WebSocketHandler
 
 app = Flask(__name__)
+app.config.from_prefixed_env()  # e.g. FLASK_WEBSOCKET_MAX_MESSAGE_SIZE=16777216
 websocket = GeventWebSocket(app)
 
 

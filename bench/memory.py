@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/memory.py [--connections 1000] [--servers native,gevent,...]
                                      [--settings none,deflate,deflate-default] [--json out.json]
+                                     [--cores N]
 
 Each server of bench/echo.py (``native``: uWSGI's own loop, bench/native_echo.py;
 ``gevent`` and ``asyncio``: the examples; ``gevent-callbacks``: a callback handler of the
@@ -206,6 +207,9 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(MEMORY_SERVERS), help="comma-separated")
     parser.add_argument("--settings", default="none", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--size", type=int, default=64, help="characters of the echoed message")
+    parser.add_argument(
+        "--cores", type=int, default=None, help="uWSGI cores (default: connections plus 10)"
+    )
     parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 2048"')
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
@@ -233,7 +237,7 @@ def main() -> int:
             row = Row(name, setting, args.connections)
             port = free_port()
             log = logdir / f"{name}-{setting}.log"
-            cmd = command(server, port, args.connections + 10, extra)
+            cmd = command(server, port, args.cores or args.connections + 10, extra)
             try:
                 with running(cmd, port, log, notes) as pid:
                     url = f"ws://{HOST}:{port}{server.path}"

@@ -36,7 +36,8 @@ def recorded() -> Any:
 @websocket.route("/echo/<name>", ping_interval=None)
 class Echo(WebSocketHandler):
     """Echoes; ``"close <code>"`` closes with that code, ``"sleep <s> <m>"`` sleeps in
-    on_message then answers ``m`` (messages must keep their order), ``"boom"`` raises,
+    on_message then answers ``m`` (messages must keep their order), ``"join <room>"``
+    joins, ``"tell <room> <m>"`` broadcasts ``m`` to the room, ``"boom"`` raises,
     ``"where"`` answers the request's path, ``g``, the worker's pid, whether on_message
     runs in on_open's greenlet (the request's: not detached), the request's ``Upgrade``
     header and the environ's path."""
@@ -53,6 +54,11 @@ class Echo(WebSocketHandler):
         elif words[:1] == ["sleep"]:
             gevent.sleep(float(words[1]))
             ws.send(words[2])
+        elif words[:1] == ["join"]:
+            ws.join(words[1])
+            ws.send(f"joined {words[1]}")
+        elif words[:1] == ["tell"]:
+            websocket.broadcast(words[2], room=words[1])
         elif words[:1] == ["boom"]:
             raise RuntimeError("boom")
         elif words[:1] == ["where"]:

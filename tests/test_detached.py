@@ -85,6 +85,15 @@ def test_messages_keep_their_order_one_on_message_at_a_time(server: UwsgiServer)
         assert [ws.recv(timeout=10) for _ in range(3)] == ["a", "b", "c"]
 
 
+def test_rooms_and_broadcasts(server: UwsgiServer) -> None:
+    with ExitStack() as stack:
+        member, other = opened(server, stack, "member"), opened(server, stack, "other")
+        member.send("join lobby")
+        assert member.recv(timeout=10) == "joined lobby"
+        other.send("tell lobby hi")
+        assert member.recv(timeout=10) == "hi"
+
+
 def test_close_codes_and_one_teardown_at_the_end(server: UwsgiServer) -> None:
     with connect(f"{server.url}/echo/peer", open_timeout=10) as ws:
         assert ws.recv(timeout=10) == "hello peer"
