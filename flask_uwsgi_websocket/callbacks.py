@@ -21,7 +21,9 @@ it sent none), ``None`` while the connection is still open (a callback raised, o
 returned after ``ws.close()`` began). A callback that raises ends the connection as a
 handler that raises does (1011, or the app's WebSocket error handler). The methods run
 like a handler function, in the request's context and lifecycle; in the asyncio flavour
-each may be ``async def`` or not.
+each may be ``async def`` or not. In the gevent flavour under uWSGI the connection outlives
+its request once ``on_open`` has returned, and an idle one holds no greenlet (see
+``gevent.DetachedClient``).
 """
 
 from __future__ import annotations
