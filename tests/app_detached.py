@@ -78,3 +78,25 @@ class Quiet(WebSocketHandler):
 
     def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:
         events.append(["close", "quiet", code, reason, request.path])
+
+
+@websocket.route("/slow-open")
+class SlowOpen(WebSocketHandler):
+    """``on_open`` sleeps, so that messages come meanwhile; then echoes."""
+
+    def on_open(self, ws: Any) -> None:
+        gevent.sleep(0.3)
+
+    def on_message(self, ws: Any, message: str | bytes) -> None:
+        ws.send(message)
+
+
+@websocket.route("/bad-open")
+class BadOpen(WebSocketHandler):
+    """``on_open`` raises: the connection ends before it could detach."""
+
+    def on_open(self, ws: Any) -> None:
+        raise ValueError("no")
+
+    def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:
+        events.append(["close", "bad-open", code, reason, request.path])

@@ -85,6 +85,28 @@ def test_messages_keep_their_order_one_on_message_at_a_time(server: UwsgiServer)
         assert [ws.recv(timeout=10) for _ in range(3)] == ["a", "b", "c"]
 
 
+def test_messages_sent_during_on_open_come_after_it(server: UwsgiServer) -> None:
+    with connect(f"{server.url}/slow-open", open_timeout=10) as ws:
+        for text in "abc":
+            ws.send(text)
+        assert [ws.recv(timeout=10) for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_on_open_that_raises_ends_the_connection_before_it_detaches(
+    server: UwsgiServer,
+) -> None:
+    with connect(f"{server.url}/bad-open", open_timeout=10) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    expected = [
+        ["close", "bad-open", None, None, "/bad-open"],
+        ["teardown", "/bad-open", "ValueError('no')"],
+    ]
+    wait_for(lambda: all(e in events(server) for e in expected))
+    assert [e for e in events(server) if e in expected] == expected
+
+
 def test_rooms_and_broadcasts(server: UwsgiServer) -> None:
     with ExitStack() as stack:
         member, other = opened(server, stack, "member"), opened(server, stack, "other")
