@@ -100,3 +100,15 @@ class BadOpen(WebSocketHandler):
 
     def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:
         events.append(["close", "bad-open", code, reason, request.path])
+
+
+@websocket.route("/small", max_send_buffer=65536)
+class Small(WebSocketHandler):
+    """A member of room ``flood`` that may hold 64 KiB waiting to be sent."""
+
+    def on_open(self, ws: Any) -> None:
+        ws.join("flood")
+        ws.send("joined")
+
+    def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:
+        events.append(["close", "small", code, reason, request.path])

@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .helpers import CLOSE, PING, RawClient, UwsgiServer, wait_for
+from .helpers import CLOSE, PING, TEXT, RawClient, UwsgiServer, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,6 +114,24 @@ def test_rooms_and_broadcasts(server: UwsgiServer) -> None:
         assert member.recv(timeout=10) == "joined lobby"
         other.send("tell lobby hi")
         assert member.recv(timeout=10) == "hi"
+
+
+def test_a_slow_consumer_is_closed_with_1013(server: UwsgiServer) -> None:
+    slow = RawClient(server.address, "/small")
+    try:
+        assert slow.recv_data() == (TEXT, b"joined")
+        with connect(f"{server.url}/echo/flooder", open_timeout=10) as flooder:
+            assert flooder.recv(timeout=10) == "hello flooder"
+            for _ in range(400):  # 26 MB: more than the socket buffers hold
+                flooder.send("tell flood " + "x" * 65536)
+            flooder.send("done")
+            assert flooder.recv(timeout=30) == "done"
+        code, reason = slow.expect_close()
+        assert (code, reason) == (1013, "slow consumer: over 65536 bytes waiting to be sent")
+    finally:
+        slow.close()
+    wait_for(lambda: ["teardown", "/small", None] in events(server))
+    assert ["close", "small", 1006, "", "/small"] in events(server)
 
 
 def test_close_codes_and_one_teardown_at_the_end(server: UwsgiServer) -> None:
