@@ -6,17 +6,17 @@
                                    [--deflate]
 
 For every uWSGI mode, each server (``native``: bench/native_echo.py, ``gevent``:
-examples/echo_gevent.py, ``asyncio``: examples/echo_asyncio.py, ``plain``: examples/echo.py
-on ``--threads 64``, a thread per connection) is started under ``--master`` with one
-worker, pinned to one CPU; bench/client.py, pinned to another CPU,
-measures round trips per second for every message size and connection count. The peers
-(bench/peer_echo.py: ``picows`` on uvloop, ``websockets``' asyncio server, ``flask-sock``
-on gunicorn's gevent worker, one worker) speak HTTP themselves: they run in the
-``http-socket`` mode only, pinned the same way. The servers take turns for ``--rounds``
-rounds (the machine is shared and noisy); the table gives the median of each server's
-runs and the ratios of the medians. ``--deflate`` measures with bench/deflate_client.py
-(JSON-like text, permessage-deflate) instead: for the servers that compress (gevent,
-asyncio, websockets).
+examples/echo_gevent.py, ``gevent-callbacks``: bench/callbacks_echo.py, ``asyncio``:
+examples/echo_asyncio.py, ``plain``: examples/echo.py on ``--threads 64``, a thread per
+connection) is started under ``--master`` with one worker, pinned to one CPU;
+bench/client.py, pinned to another CPU, measures round trips per second for every message
+size and connection count. The peers (bench/peer_echo.py: ``picows`` on uvloop,
+``websockets``' asyncio server, ``flask-sock`` on gunicorn's gevent worker, one worker)
+speak HTTP themselves: they run in the ``http-socket`` mode only, pinned the same way. The
+servers take turns for ``--rounds`` rounds (the machine is shared and noisy); the table
+gives the median of each server's runs and the ratios of the medians. ``--deflate``
+measures with bench/deflate_client.py (JSON-like text, permessage-deflate) instead: for
+the servers that compress (gevent, asyncio, websockets).
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ SERVERS = [
     Server(
         "gevent",
         ["--wsgi-file", str(ROOT / "examples" / "echo_gevent.py"), "--callable", "app"],
+        "/echo",
+    ),
+    Server(
+        "gevent-callbacks",
+        ["--wsgi-file", str(BENCH / "callbacks_echo.py"), "--callable", "app"],
         "/echo",
     ),
     Server(

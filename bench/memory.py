@@ -2,20 +2,23 @@
 
     .venv/bin/python bench/memory.py [--connections 1000] [--servers native,gevent,...]
                                      [--settings none,deflate,deflate-default] [--json out.json]
+                                     [--cores N]
 
 Each server of bench/echo.py (``native``: uWSGI's own loop, bench/native_echo.py;
-``gevent`` and ``asyncio``: the examples; ``websockets``: its asyncio server; ``flask-sock``:
-gunicorn's gevent worker; all in bench/peer_echo.py) is started fresh for each client
-setting, uWSGI ones with one worker, ``--http-socket`` and as many cores (``--gevent N``,
-``--asyncio N``) as connections plus 10. The ``websockets`` client opens the connections
-one after the other, echoes one message on each (``--size`` characters of text, default
-64) and the serving process's resident memory (``VmRSS`` of the worker: the master's or
-gunicorn's one child, or the peer's process itself) is read before and after; the growth
-divided by the count is the figure. Every connection must echo its message: the ones that
-did not are counted by what happened (refused, closed or dropped) and the exit status is 1
-if there were any. The client settings ``deflate`` (client keeps a 2**15 window) and
-``deflate-default`` (websockets' default offer) apply to the servers that can agree on
-permessage-deflate (``gevent``, ``asyncio``, ``websockets``).
+``gevent`` and ``asyncio``: the examples; ``gevent-callbacks``: a callback handler of the
+gevent flavour, bench/callbacks_echo.py, whose connections outlive their requests;
+``websockets``: its asyncio server; ``flask-sock``: gunicorn's gevent worker; all in
+bench/peer_echo.py) is started fresh for each client setting, uWSGI ones with one worker,
+``--http-socket`` and as many cores (``--gevent N``, ``--asyncio N``) as connections plus
+10. The ``websockets`` client opens the connections one after the other, echoes one
+message on each (``--size`` characters of text, default 64) and the serving process's
+resident memory (``VmRSS`` of the worker: the master's or gunicorn's one child, or the
+peer's process itself) is read before and after; the growth divided by the count is the
+figure. Every connection must echo its message: the ones that did not are counted by what
+happened (refused, closed or dropped) and the exit status is 1 if there were any. The
+client settings ``deflate`` (client keeps a 2**15 window) and ``deflate-default``
+(websockets' default offer) apply to the servers that can agree on permessage-deflate
+(``gevent``, ``asyncio``, ``websockets``).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: The servers that agree on permessage-deflate (the others would measure "none" again).
 DEFLATE_SERVERS = {"gevent", "asyncio", "websockets"}
-MEMORY_SERVERS = ["native", "gevent", "asyncio", "websockets", "flask-sock"]
+MEMORY_SERVERS = ["native", "gevent", "gevent-callbacks", "asyncio", "websockets", "flask-sock"]
 STARTUP_TIMEOUT = 30.0
 GIVE_UP = 5
 
@@ -184,13 +187,13 @@ def running(cmd: list[str], port: int, log: Path, notes: list[str]) -> Iterator[
 def table(rows: list[Row]) -> str:
     """The rows as a text table, with each figure's ratio to uWSGI's loop's."""
     native = {r.setting: r.kib_per_connection for r in rows if r.server == "native"}
-    lines = [f"{'server':<11} {'setting':<16} {'conns':>6} {'KiB/conn':>9} {'x native':>9} "
+    lines = [f"{'server':<16} {'setting':<16} {'conns':>6} {'KiB/conn':>9} {'x native':>9} "
              f"{'open s':>7}  echoed"]  # fmt: skip
     for r in rows:
         base = native.get(r.setting) or native.get("none")
         ratio = f"{r.kib_per_connection / base:9.2f}" if base else f"{'-':>9}"
         lines.append(
-            f"{r.server:<11} {r.setting:<16} {r.connections:>6} {r.kib_per_connection:9.1f} "
+            f"{r.server:<16} {r.setting:<16} {r.connections:>6} {r.kib_per_connection:9.1f} "
             f"{ratio} {r.open_seconds:7.1f}  {r.echoed} of {r.connections}"
             + "".join(f"; {kind}: {n}" for kind, n in r.failures.items())
         )
@@ -204,6 +207,9 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(MEMORY_SERVERS), help="comma-separated")
     parser.add_argument("--settings", default="none", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--size", type=int, default=64, help="characters of the echoed message")
+    parser.add_argument(
+        "--cores", type=int, default=None, help="uWSGI cores (default: connections plus 10)"
+    )
     parser.add_argument("--extra", default="", help='more uWSGI options, e.g. "-b 2048"')
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
@@ -231,7 +237,7 @@ def main() -> int:
             row = Row(name, setting, args.connections)
             port = free_port()
             log = logdir / f"{name}-{setting}.log"
-            cmd = command(server, port, args.connections + 10, extra)
+            cmd = command(server, port, args.cores or args.connections + 10, extra)
             try:
                 with running(cmd, port, log, notes) as pid:
                     url = f"ws://{HOST}:{port}{server.path}"

@@ -21,7 +21,9 @@ it sent none), ``None`` while the connection is still open (a callback raised, o
 returned after ``ws.close()`` began). A callback that raises ends the connection as a
 handler that raises does (1011, or the app's WebSocket error handler). The methods run
 like a handler function, in the request's context and lifecycle; in the asyncio flavour
-each may be ``async def`` or not.
+each may be ``async def`` or not. In the gevent flavour under uWSGI the connection outlives
+its request once ``on_open`` has returned, and an idle one holds no greenlet (see
+``gevent.DetachedClient``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["WebSocketHandler", "blocking", "check", "coroutine"]
+__all__ = ["WebSocketHandler", "blocking", "check", "coroutine", "instance"]
 
 CALLBACKS = ("on_open", "on_message", "on_close")
 
@@ -54,7 +56,7 @@ def _method(handler: object, name: str) -> Callable[..., Any] | None:
     return method if callable(method) else None
 
 
-def _instance(cls: type) -> tuple[Callable[..., Any] | None, ...]:
+def instance(cls: type) -> tuple[Callable[..., Any] | None, ...]:
     """A new instance's ``on_open``, ``on_message`` and ``on_close`` (``None``: absent)."""
     callbacks = cls()
     return tuple(_method(callbacks, name) for name in CALLBACKS)
@@ -79,7 +81,7 @@ def blocking(cls: type) -> Callable[..., None]:
     """``cls`` as a handler function of the plain and gevent flavours."""
 
     def handler(ws: Any, **url_variables: Any) -> None:
-        on_open, on_message, on_close = _instance(cls)
+        on_open, on_message, on_close = instance(cls)
         try:
             if on_open is not None:
                 on_open(ws, **url_variables)
@@ -98,7 +100,7 @@ def coroutine(cls: type) -> Callable[..., Coroutine[Any, Any, None]]:
     """``cls`` as a handler coroutine function of the asyncio flavour."""
 
     async def handler(ws: Any, **url_variables: Any) -> None:
-        on_open, on_message, on_close = _instance(cls)
+        on_open, on_message, on_close = instance(cls)
         try:
             if on_open is not None:
                 await _done(on_open(ws, **url_variables))

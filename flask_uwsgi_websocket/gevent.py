@@ -7,26 +7,51 @@ its keepalive, and a message wakes the waiting greenlet with one switch. Any
 greenlet may send to any connection. When the connection is gone while its
 handler is blocked elsewhere (a sleep, a queue), :class:`ConnectionClosed` is
 raised in the handler's greenlet, which ends it.
+
+A callback handler (``WebSocketHandler``) holds no greenlet while its connection is
+idle: once ``on_open`` has returned, the connection moves to a duplicate of its
+socket and its request ends (uWSGI closes its own descriptor and frees the core for
+the next request), so a worker holds more connections than ``--gevent N``. The hub's
+watchers drive it from then on: a greenlet is made when a message comes, calls
+``on_message`` for each waiting message in order, and ends when none is left; the
+last one calls ``on_close`` and runs the request's teardown. Where uWSGI reads the
+socket again after the request (``--http11-socket``), the handler holds its request
+for the connection's life instead (see :class:`DetachedClient`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gevent
 import greenlet
+from flask import has_request_context, request
 from gevent import get_hub
 from gevent.hub import Waiter
+from werkzeug.datastructures import EnvironHeaders
 
-from . import uwsgi_api
+from . import callbacks, uwsgi_api
 from .client import BlockingClient
 from .core.reactor import Reactor, Timer, call_threadsafe
+from .exceptions import ConnectionClosed
 from .flask.extension import WebSocketExtension
 from .flask.middleware import WebSocketMiddleware
+from .flask.serving import ErrorHandlers, outcome_sync
+from .flask.views import DETACHED, Detached
+from .metrics import worker_metrics
+from .runtimes import SOCKET, socket_fd
 from .shutdown import RECYCLE_CHECK, connections
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .core.framing import Message
+    from .core.handshake import Handshake
+    from .core.options import Options
 
 __all__ = ["GeventWebSocket", "GeventWebSocketClient", "GeventWebSocketMiddleware"]
 
@@ -117,7 +142,7 @@ class GeventWebSocketClient(BlockingClient):
                 if waiter in self._waiters:  # woken by the timer
                     self._waiters.remove(waiter)
 
-    def _wake(self) -> None:
+    def _wake_waiters(self) -> None:
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -135,6 +160,8 @@ class GeventWebSocketClient(BlockingClient):
             and not self.connection.connected
         ):
             self._hub.loop.run_callback(self._stop_handler)
+
+    _wake = _wake_waiters
 
     def _stop_handler(self) -> None:
         handler = self._handler
@@ -154,6 +181,141 @@ class GeventWebSocketClient(BlockingClient):
 
     def _leave_handler(self) -> None:
         self._handler = None
+
+
+class DetachedClient(GeventWebSocketClient):
+    """The connection of a callback handler once its request has ended.
+
+    It runs on its own duplicate of the request's socket, which it closes at the end.
+    Its callbacks run in greenlets made for them in the request's context (the same
+    ``contextvars`` context, so ``request``, ``g`` and ``current_app`` are the
+    request's), one at a time: a greenlet while messages wait, one at the end.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._callbacks: tuple[Callable[..., Any] | None, ...] = (None, None, None)
+        self._context: Any = None
+        # What ending needs: the class, the error handlers, the app, the request's end.
+        self._ending: tuple[type, ErrorHandlers, Flask, Callable[[BaseException | None], None]]
+        self._busy = True  # a greenlet runs this connection's callbacks: on_open's first
+        self._checking = False
+        super().__init__(*args, **kwargs)
+
+    def open(
+        self,
+        cls: type,
+        kwargs: dict[str, Any],
+        websocket: ErrorHandlers,
+        app: Flask,
+        end: Callable[[BaseException | None], None],
+    ) -> Exception | Detached | None:
+        """Call ``on_open`` in this (the request's) greenlet, then detach: return
+        :data:`DETACHED`, and call ``end`` once the connection has ended. When
+        ``on_open`` raises, end the connection now and return the exception left."""
+        self._callbacks = on_open, _, _ = callbacks.instance(cls)
+        self._ending = cls, websocket, app, end
+        try:
+            if on_open is not None:
+                self._enter_handler()
+                try:
+                    on_open(self, **kwargs)
+                finally:
+                    self._leave_handler()
+        except Exception as exc:
+            return self._end(exc)
+        self._context = greenlet.getcurrent().gr_context
+        self._busy = False
+        self._wake()  # what came during on_open
+        return DETACHED
+
+    def _wake(self) -> None:
+        self._wake_waiters()
+        if not self._busy and not self._checking:
+            self._checking = True
+            self._hub.loop.run_callback(self._check)
+
+    def _check(self) -> None:
+        """From the hub: start a greenlet when a message waits, or when the connection
+        is over."""
+        self._checking = False
+        if self._busy:
+            return  # the running greenlet takes what comes
+        try:
+            message = self.connection.next_message()
+        except ConnectionClosed:
+            self._run(self._ended)
+        else:
+            if message is not None:
+                self._run(self._deliver, message)
+
+    def _run(self, function: Callable[..., None], *args: Any) -> None:
+        self._busy = True
+        runner = greenlet.greenlet(function, parent=self._hub)
+        runner.gr_context = self._context
+        runner.switch(*args)
+
+    def _deliver(self, message: Message | None) -> None:
+        """``on_message`` for each waiting message, in order; then end the greenlet, or
+        the connection when it is over or a callback raised."""
+        on_message = self._callbacks[1]
+        try:
+            while message is not None:
+                if on_message is not None:
+                    self._enter_handler()
+                    try:
+                        on_message(self, message)
+                    finally:
+                        self._leave_handler()
+                if worker_metrics.pushing:
+                    worker_metrics.push_if_due()
+                message = self.connection.next_message()
+        except ConnectionClosed:  # the connection is over, or on_message saw it end
+            self._ended()
+        except Exception as exc:
+            self._ended(exc)
+        else:
+            self._busy = False
+
+    def _ended(self, error: Exception | None = None) -> None:
+        """End the connection, then its request (its teardown)."""
+        app, end = self._ending[2:]
+        try:
+            end(self._end(error))
+        except Exception:  # a teardown function raised: no request left to fail
+            app.logger.exception("WebSocket %s: the request's teardown failed", self.id)
+
+    def _end(self, error: Exception | None) -> Exception | None:
+        """``on_close``, then the close the handler's outcome calls for, and release;
+        the exception left."""
+        cls, websocket, app, _ = self._ending
+        on_close = self._callbacks[2]
+        try:
+            try:
+                if on_close is not None:
+                    on_close(self, self.close_code, self.close_reason)
+            except Exception as exc:
+                error = exc
+            handler = callbacks.blocking(cls)  # the name under which failures are logged
+            code, reason, failure = outcome_sync(websocket, app, handler, self, error)
+            self.close(code, reason)
+            return failure
+        except Exception as exc:  # a close that failed: logged, as in every handler's end
+            app.logger.exception("WebSocket %s: ending the connection failed", self.id)
+            return exc
+        finally:
+            self._release()
+            os.close(self.fd)
+
+
+def outliving(environ: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the request's ``environ`` that outlives the request, now the request's
+    own (``request.environ``, ``request.headers``): uWSGI may empty the original, and
+    reuse it for the core's next request, once the request has ended."""
+    copy = dict(environ)
+    if has_request_context():
+        request.environ = copy
+        request.headers = EnvironHeaders(copy)
+    return copy
 
 
 def watch_worker_end() -> None:
@@ -201,3 +363,29 @@ class GeventWebSocket(WebSocketExtension):
     engine: ClassVar[str | None] = "gevent"
     plugins: ClassVar[tuple[str, ...]] = ("gevent",)
     watch_worker_end = staticmethod(watch_worker_end)
+
+    def serve(
+        self,
+        app: Flask,
+        handler: Callable[..., Any],
+        kwargs: dict[str, Any],
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake,
+        end: Callable[[BaseException | None], None],
+    ) -> Exception | Detached | None:
+        """Serve the connection; a callback handler's goes on without its request where
+        uWSGI allows (see the module's docstring): on a duplicate of the socket."""
+        if (
+            not isinstance(handler, type)
+            or SOCKET in environ
+            or not uwsgi_api.connections_may_outlive_requests()
+        ):
+            return super().serve(app, handler, kwargs, environ, options, handshake, end)
+        fd = os.dup(socket_fd(environ))
+        environ = outliving(environ)
+        client = self.open_client(app, DetachedClient, fd, environ, options, handshake)
+        if isinstance(client, Exception):
+            os.close(fd)
+            return client
+        return client.open(handler, kwargs, self, app, end)

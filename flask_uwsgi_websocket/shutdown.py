@@ -155,8 +155,10 @@ class OpenConnections:
             )  # fmt: skip
 
     def shut_down(self, sleep: Callable[[float], object] = time.sleep) -> None:
-        """Go away once: 1001 to each connection, then wait for their handlers."""
+        """Go away once: 1001 to each connection, then wait for their handlers. Called
+        again meanwhile (the worker ends while its connections close), wait as well."""
         if self.going_away:
+            self.wait_until_gone(sleep)
             return
         count = self.go_away()
         if count:

@@ -23,6 +23,7 @@ __all__ = [
     "TLS_SOCKET_OPTIONS",
     "at_exit",
     "connection_fd",
+    "connections_may_outlive_requests",
     "in_each_worker",
     "listens_on",
     "loop_engine",
@@ -210,6 +211,19 @@ def listens_on(address: str, local: Any) -> bool:
     if isinstance(local, bytes):  # an abstract unix socket: b"\0name"
         return address.startswith("@") and local == b"\0" + address[1:].encode()
     return bool(local) and local == address
+
+
+#: The uWSGI options whose sockets uWSGI reads again once a request has ended.
+KEEPALIVE_SOCKET_OPTIONS = ("http11-socket",)
+
+
+def connections_may_outlive_requests() -> bool:
+    """Whether a connection may go on, on a duplicate of its socket, once its request
+    has ended: uWSGI then closes its own descriptor and never touches the socket again.
+    Not where a socket keeps its connections alive between requests (``--http11-socket``:
+    uWSGI reads the socket again, and the worker aborts when another reader is there),
+    and not outside uWSGI."""
+    return uwsgi is not None and not any(option(name) for name in KEEPALIVE_SOCKET_OPTIONS)
 
 
 def connection_fd() -> int:

@@ -1,7 +1,8 @@
 """The app of ``test_shutdown``, in the flavour ``TEST_FLAVOUR`` names.
 
 Each handler first sends its worker's pid. ``/hold`` then waits on its connection,
-``/elsewhere`` outside it (a sleep). Every request's teardown prints one line,
+``/elsewhere`` outside it (a sleep); ``/callbacks`` is a callback handler (plain and
+gevent flavours). Every request's teardown prints one line,
 ``teardown <path> <pid>``, to the server's log, where the test counts them.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from flask import Flask, request
 
-from flask_uwsgi_websocket import AsyncioWebSocket, GeventWebSocket, WebSocket
+from flask_uwsgi_websocket import AsyncioWebSocket, GeventWebSocket, WebSocket, WebSocketHandler
 from flask_uwsgi_websocket.flask.extension import WebSocketExtension
 
 FLAVOUR = os.environ["TEST_FLAVOUR"]
@@ -65,3 +66,18 @@ else:
     def elsewhere(ws: Any) -> None:
         ws.send(str(os.getpid()))
         sleep(3600)
+
+    @ws_ext.route("/callbacks")
+    class Callbacks(WebSocketHandler):
+        """A callback handler: in the gevent flavour its connection outlives its request.
+        ``"sleep"`` makes ``on_message`` sleep (the worker is told to go meanwhile)."""
+
+        def on_open(self, ws: Any) -> None:
+            ws.send(str(os.getpid()))
+
+        def on_message(self, ws: Any, message: Any) -> None:
+            if message == "sleep":
+                sleep(3600)
+
+        def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:
+            print(f"on_close {code} {os.getpid()}", flush=True)

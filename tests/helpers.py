@@ -149,7 +149,8 @@ class UwsgiServer(ServerProcess):
 
     ``mode`` is how clients reach the worker: ``"http"`` (the ``--http`` router
     with ``--http-websockets``), ``"http-socket"`` (the worker speaks HTTP), or
-    ``"http-socket-websockets"`` (both ``--http-socket`` and ``--http-websockets``).
+    ``"http-socket-websockets"`` (both ``--http-socket`` and ``--http-websockets``), or
+    ``"http11-socket"`` (the worker speaks HTTP/1.1 with keepalive).
     ``port``: that port instead of a free one (a new server where a stopped one was).
     """
 
@@ -169,6 +170,8 @@ class UwsgiServer(ServerProcess):
             listen = ["--http", address, "--http-websockets"]
         elif mode == "http-socket":
             listen = ["--http-socket", address]
+        elif mode == "http11-socket":
+            listen = ["--http11-socket", address]
         elif mode == "http-socket-websockets":
             listen = ["--http-socket", address, "--http-websockets"]
         else:

@@ -222,3 +222,24 @@ def test_graceful_harakiri() -> None:
         clients = holding(server, 1)
         wait_for(lambda: "HARAKIRI ON WORKER" in server.output(), timeout=30)
         assert close_codes(clients, time.monotonic()) == [1001]
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "SIGINT", "SIGQUIT"])
+def test_detached_connections(how: str) -> None:
+    """Gevent callback handlers, whose connections outlive their requests, more of them
+    than ``--gevent`` cores, one of them in ``on_message``: 1001 to each, ``on_close``
+    and the teardown once each (``None`` for the one still in ``on_message``, which
+    ConnectionClosed ended, as in a handler that loops)."""
+    with served("gevent", ["--gevent", "2"]) as server:
+        clients = holding(server, 4, "/callbacks")
+        clients[0][0].send("sleep")
+        pid = clients[0][1]
+        told = time.monotonic()
+        os.kill(server.pid, getattr(signal, how))
+        assert close_codes(clients, told) == [1001] * 4
+        wait_for(lambda: teardowns(server, "/callbacks", pid) >= 4)
+        log = server.output()
+        assert teardowns(server, "/callbacks", pid) == 4, log
+        assert log.count(f"on_close 1001 {pid}\n") == 3, log
+        assert log.count(f"on_close None {pid}\n") == 1, log
+        assert "NO MERCY" not in log

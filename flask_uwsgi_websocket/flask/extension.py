@@ -34,6 +34,7 @@ from .blueprints import WebSocketBlueprint, register_handler_blueprint
 from .middleware import WebSocketMiddleware
 from .views import (
     ROUTER_WITHOUT_WEBSOCKETS,
+    Detached,
     WebSocketView,
     add_websocket_rule,
     not_an_upgrade,
@@ -53,6 +54,7 @@ __all__ = ["WebSocketExtension"]
 logger = logging.getLogger("flask_uwsgi_websocket")
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+AnyClient = TypeVar("AnyClient", bound="Client")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[..., Any])
 
 
@@ -201,24 +203,43 @@ class WebSocketExtension:
         environ: dict[str, Any],
         options: Options,
         handshake: Handshake,
-    ) -> Exception | None:
+        end: Callable[[BaseException | None], None],
+    ) -> Exception | Detached | None:
         """Serve the connection the view has just upgraded: run ``handler`` on it.
 
         Called by the route's view (see ``views``) after the ``101``; returns the
-        exception no error handler took.
+        exception no error handler took. (A flavour whose connections may outlive their
+        request returns ``DETACHED`` instead, and calls ``end`` when one has ended.)
         """
         if isinstance(handler, type):
             handler = self.callback_handler(handler)
+        fd = socket_fd(environ)
+        client = self.open_client(app, self.client_class, fd, environ, options, handshake)
+        if isinstance(client, Exception):
+            return client
+        return client.serve(handler, kwargs, self, app)
+
+    def open_client(
+        self,
+        app: Flask,
+        client_class: type[AnyClient],
+        fd: int,
+        environ: dict[str, Any],
+        options: Options,
+        handshake: Handshake,
+    ) -> AnyClient | Exception:
+        """A started ``client_class`` on socket ``fd``, in the app's broker's registry; or
+        the exception that kept it from starting (out of memory...), after a close frame
+        (1011) and a log line."""
         broker = self.broker(app)
         broker.start()  # started at fork already, unless something replaced uWSGI's fork hook
-        fd = socket_fd(environ)
-        client: Client | None = None
+        client: AnyClient | None = None
         try:
-            client = self.client_class(fd, environ, options, handshake, broker.rooms)
+            client = client_class(fd, environ, options, handshake, broker.rooms)
             if has_request_context() and request.url_rule is not None:
                 client.route = request.url_rule.rule
             client.start()
-            return client.serve(handler, kwargs, self, app)
+            return client
         except Exception as exc:  # out of memory, say: a close frame, not a silent drop
             shortages.fail(app.logger, environ.get("PATH_INFO", ""), exc)
             if client is None or client.connected:  # no close frame sent yet

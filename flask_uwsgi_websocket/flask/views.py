@@ -16,6 +16,7 @@ the connection ends, and only then do the ``teardown_request`` and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
 
-__all__ = ["Server", "WebSocketView", "add_websocket_rule", "split_options"]
+__all__ = ["DETACHED", "Detached", "Server", "WebSocketView", "add_websocket_rule", "split_options"]
 
 OPTION_NAMES = Options.names() | {"timeout"}
 logger = logging.getLogger("flask_uwsgi_websocket")
@@ -58,6 +59,14 @@ RETRY_AFTER = ("Retry-After", "1")
 _tls_refusal_logged: list[bool] = []  # once per process: the first refusal is logged
 
 
+class Detached:
+    """The type of :data:`DETACHED`."""
+
+
+#: What ``Server.serve`` returns when the connection outlives its request (see ``gevent``).
+DETACHED = Detached()
+
+
 class Server(Protocol):
     """The extension, as the views see it."""
 
@@ -76,8 +85,11 @@ class Server(Protocol):
         environ: dict[str, Any],
         options: Options,
         handshake: Handshake,
-    ) -> Exception | None:
-        """Run ``handler`` on the upgraded connection; the exception left unhandled."""
+        end: Callable[[BaseException | None], None],
+    ) -> Exception | Detached | None:
+        """Run ``handler`` on the upgraded connection; the exception left unhandled. Or
+        return :data:`DETACHED`: the connection goes on without the request, and ``end``
+        is called (with the exception left) once it has ended."""
 
     def cannot_serve(self, environ: dict[str, Any]) -> str | None:
         """Why the worker cannot take this connection now (a 503), or ``None``."""
@@ -179,7 +191,6 @@ def _serve(
     were ten more objects per open connection for the garbage collector to visit at
     every full collection (see bench/README.md, Connection rate).
     """
-    error: BaseException | None = None
     ctx.push()
     ctx.request.view_args = view_args  # push() matched the URL again
     try:
@@ -190,13 +201,22 @@ def _serve(
         raise
     # A worker told to go waits for the teardown too, not only for the handler.
     connections.request_started()
+    result: Exception | Detached | None = None
     try:
-        error = websocket.serve(app, handler, kwargs, environ, options, handshake)
+        result = websocket.serve(
+            app, handler, kwargs, environ, options, handshake, functools.partial(_end, ctx)
+        )
     finally:
-        try:
-            ctx.pop(error)
-        finally:
-            connections.request_ended()
+        if not isinstance(result, Detached):
+            _end(ctx, result)
+
+
+def _end(ctx: Any, error: BaseException | None) -> None:
+    """The request of a connection that has ended: its teardown, once."""
+    try:
+        ctx.pop(error)
+    finally:
+        connections.request_ended()
 
 
 _SWITCHING: dict[type[Response], type[Response]] = {}
