@@ -70,13 +70,15 @@ else:
     @ws_ext.route("/callbacks")
     class Callbacks(WebSocketHandler):
         """A callback handler: in the gevent flavour its connection outlives its request.
-        ``"sleep"`` makes ``on_message`` sleep (the worker is told to go meanwhile)."""
+        ``"sleep"`` makes ``on_message`` answer ``"sleeping"`` and sleep (the worker is
+        told to go meanwhile)."""
 
         def on_open(self, ws: Any) -> None:
             ws.send(str(os.getpid()))
 
         def on_message(self, ws: Any, message: Any) -> None:
             if message == "sleep":
+                ws.send("sleeping")
                 sleep(3600)
 
         def on_close(self, ws: Any, code: int | None, reason: str | None) -> None:

@@ -236,6 +236,7 @@ def test_detached_connections(how: str) -> None:
     with served("gevent", ["--gevent", "2"]) as server:
         clients = holding(server, 4, "/callbacks")
         clients[0][0].send("sleep")
+        assert clients[0][0].recv(timeout=10) == "sleeping"
         pid = clients[0][1]
         told = time.monotonic()
         os.kill(server.pid, getattr(signal, how))
