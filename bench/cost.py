@@ -272,6 +272,9 @@ def measure(
     trips = got["round_trips"]
     row: dict[str, Any] = {"server": server.name, "pid": pid, "round_trips": trips}
     row["rt_per_s"] = got["rt_per_s"]
+    # A connection that made no round trip while counting: the server stalled, and the run
+    # measures the stall, not the cost; kept, but left out of the medians.
+    row["stalled_conns"] = got["stalled_conns"]
     for key in ("user", "system"):
         row[f"{key}_us"] = (after[key] - before[key]) / trips * 1e6
     row["cpu_us"] = row["user_us"] + row["system_us"]
@@ -326,7 +329,9 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys.append("load_average")
     out = []
     for name in dict.fromkeys(r["server"] for r in rows):
-        runs = [r for r in rows if r["server"] == name]
+        runs = [r for r in rows if r["server"] == name and not r["stalled_conns"]]
+        if not runs:
+            continue
         med: dict[str, Any] = {"server": name, "runs": len(runs)}
         med |= {key: statistics.median(r[key] for r in runs) for key in keys}
         med["cpu_us_range"] = [min(r["cpu_us"] for r in runs), max(r["cpu_us"] for r in runs)]
@@ -430,6 +435,11 @@ def main() -> int:
                 with started(server, server_cpu, log, notes) as (pid, port):
                     rows.append(measure(server, pid, port, round_, args) | {"round": round_})
                 r = rows[-1]
+                if r["stalled_conns"]:
+                    notes.append(
+                        f"{server.name}, round {round_}: {r['stalled_conns']} connections"
+                        f" stalled ({r['round_trips']} round trips): left out of the medians"
+                    )
                 print(
                     f"{server.name:<10} {r['rt_per_s']:>8,.0f} rt/s  cpu {r['cpu_us']:.2f} us"
                     f" (user {r['user_us']:.2f}, sys {r['system_us']:.2f})"

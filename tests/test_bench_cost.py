@@ -20,9 +20,16 @@ def test_cost_per_round_trip_of_two_servers(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert report["meta"]["conns"] == 5
-    assert report["notes"] == []
-    assert [r["server"] for r in report["summary"]] == ["native", "gevent"]
-    for run in report["runs"]:
+    assert [r["server"] for r in report["runs"]] == ["native", "gevent"]
+    # uWSGI's loop has stalled now and then under load (a run in about 25): such a run is
+    # noted and left out of the medians, not failed.
+    stalled = {r["server"] for r in report["runs"] if r["stalled_conns"]}
+    assert all("stalled" in note for note in report["notes"]), report["notes"]
+    assert len(report["notes"]) == len(stalled)
+    assert [r["server"] for r in report["summary"]] == [
+        s for s in ("native", "gevent") if s not in stalled
+    ]
+    for run in (r for r in report["runs"] if r["server"] not in stalled):
         assert run["round_trips"] > 50  # 0.5 s of 5 connections echoing
         assert run["cpu_us"] > 0
         assert run["user_us"] >= 0 and run["system_us"] >= 0
