@@ -95,7 +95,7 @@ def load_average() -> float:
 #: The system calls counted by name (``perf stat`` tracepoints); the rest are ``other``.
 SYSCALLS = [
     "read", "write", "recvfrom", "sendto", "writev", "epoll_wait", "epoll_pwait",
-    "epoll_ctl", "poll", "futex", "fcntl", "getpid",
+    "epoll_ctl", "poll", "futex", "fcntl", "getpid", "mmap", "munmap",
 ]  # fmt: skip
 
 
@@ -310,7 +310,7 @@ def count_instructions(server: Server, args: argparse.Namespace) -> float:
         url = f"ws://{HOST}:{port}{server.path}"
         got, _, count = run_once(url, args, Callgrind(pid, Path(tmp)))
     per: float = count / got["round_trips"]
-    print(f"{server.name:<10} {per:,.0f} instructions per round trip (callgrind)")
+    print(f"{server.name:<16} {per:,.0f} instructions per round trip (callgrind)")
     return per
 
 
@@ -361,19 +361,21 @@ def profile_table(rows: list[dict[str, Any]]) -> str:
         for part, us in r["profile_us"].items():
             totals[part] = totals.get(part, 0.0) + us
     parts = sorted(totals, key=lambda p: (not p.startswith("kernel"), -totals[p]))
-    lines = [f"{'us per round trip':<24}" + "".join(f"{r['server']:>10}" for r in profiled)]
+    w = max(10, *(len(r["server"]) + 1 for r in profiled))
+    lines = [f"{'us per round trip':<24}" + "".join(f"{r['server']:>{w}}" for r in profiled)]
     for part in parts:
-        cells = "".join(f"{r['profile_us'].get(part, 0.0):>10.2f}" for r in profiled)
+        cells = "".join(f"{r['profile_us'].get(part, 0.0):>{w}.2f}" for r in profiled)
         lines.append(f"{part:<24}{cells}")
-    cells = "".join(f"{r['cpu_us']:>10.2f}" for r in profiled)
+    cells = "".join(f"{r['cpu_us']:>{w}.2f}" for r in profiled)
     lines.append(f"{'all (CPU time)':<24}{cells}")
     return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The summary as text: one line per server."""
+    w = max(10, *(len(r["server"]) for r in rows))
     lines = [
-        f"{'server':<10} {'runs':>4} {'rt/s':>8} {'user us':>8} {'sys us':>8} {'cpu us':>8}"
+        f"{'server':<{w}} {'runs':>4} {'rt/s':>8} {'user us':>8} {'sys us':>8} {'cpu us':>8}"
         f" {'(range)':>13} {'vol cs':>7} {'invol cs':>8} {'load':>5} {'instr':>7}"
         "  system calls / rt"
     ]
@@ -389,7 +391,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if calls:
             shown = f"{calls.get('total', 0.0):.2f}: {shown}"
         lines.append(
-            f"{r['server']:<10} {r['runs']:>4} {r['rt_per_s']:>8,.0f} {r['user_us']:>8.2f}"
+            f"{r['server']:<{w}} {r['runs']:>4} {r['rt_per_s']:>8,.0f} {r['user_us']:>8.2f}"
             f" {r['system_us']:>8.2f} {r['cpu_us']:>8.2f} {f'{low:.1f}-{high:.1f}':>13}"
             f" {r['voluntary_cs']:>7.3f} {r['involuntary_cs']:>8.3f}"
             f" {r['load_average']:>5.1f} {instr:>7}  {shown}"
@@ -441,7 +443,7 @@ def main() -> int:
                         f" stalled ({r['round_trips']} round trips): left out of the medians"
                     )
                 print(
-                    f"{server.name:<10} {r['rt_per_s']:>8,.0f} rt/s  cpu {r['cpu_us']:.2f} us"
+                    f"{server.name:<16} {r['rt_per_s']:>8,.0f} rt/s  cpu {r['cpu_us']:.2f} us"
                     f" (user {r['user_us']:.2f}, sys {r['system_us']:.2f})"
                     f"  cs {r['voluntary_cs']:.3f}+{r['involuntary_cs']:.3f}"
                     f"  load {r['load_average']:.1f}"
