@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import uvloop
@@ -73,8 +73,15 @@ class EchoListener(WSListener):
             self.error = "disconnected"
 
 
-async def run(url: str, conns: int, size: int, warmup: float, duration: float) -> dict[str, Any]:
-    """Run the load and return the figures."""
+async def run(
+    url: str,
+    conns: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    sample: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Run the load and return the figures (``sample``: see :func:`count_round_trips`)."""
     payload = os.urandom(size)
     opened = await asyncio.wait_for(
         asyncio.gather(
@@ -89,26 +96,34 @@ async def run(url: str, conns: int, size: int, warmup: float, duration: float) -
     try:
         if failures:
             return result
-        result.update(await count_round_trips(listeners, warmup, duration))
+        result.update(await count_round_trips(listeners, warmup, duration, sample))
         return result
     finally:
         await close_all(listeners)
 
 
 async def count_round_trips(
-    echoes: Sequence[Any], warmup: float, duration: float
+    echoes: Sequence[Any],
+    warmup: float,
+    duration: float,
+    sample: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Start each echo loop (its ``start()``; it counts round trips in ``count`` and
     keeps its failure in ``error``), let them warm up, then count for ``duration``
-    seconds: the figures of a run."""
+    seconds: the figures of a run. ``sample``, if given, is called (without yielding to
+    the loop, so no round trip is counted on one side of it only) as the counting starts
+    and as it ends; its two results are ``samples``."""
     for echo in echoes:
         echo.start()
     await asyncio.sleep(warmup)
+    samples = [sample()] if sample else []
     before = [echo.count for echo in echoes]
     start = time.perf_counter()
     await asyncio.sleep(duration)
     after = [echo.count for echo in echoes]
     elapsed = time.perf_counter() - start
+    if sample:
+        samples.append(sample())
     per_conn = [a - b for a, b in zip(after, before, strict=True)]
     return {
         "rt_per_s": sum(per_conn) / elapsed,
@@ -118,7 +133,7 @@ async def count_round_trips(
         "max_conn": max(per_conn),
         "stalled_conns": sum(1 for n in per_conn if n == 0),
         "errors": [echo.error for echo in echoes if echo.error],
-    }
+    } | ({"samples": samples} if sample else {})
 
 
 async def close_all(listeners: list[EchoListener]) -> None:
