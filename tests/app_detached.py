@@ -9,8 +9,10 @@ from typing import Any
 import gevent
 import greenlet
 from flask import Flask, g, jsonify, request
+from gevent import get_hub
 
 from flask_uwsgi_websocket import GeventWebSocket, WebSocketHandler
+from flask_uwsgi_websocket.gevent import runners_of
 
 app = Flask(__name__)
 websocket = GeventWebSocket(app)
@@ -38,6 +40,8 @@ class Echo(WebSocketHandler):
     """Echoes; ``"close <code>"`` closes with that code, ``"sleep <s> <m>"`` sleeps in
     on_message then answers ``m`` (messages must keep their order), ``"join <room>"``
     joins, ``"tell <room> <m>"`` broadcasts ``m`` to the room, ``"boom"`` raises,
+    ``"runner"`` answers its greenlet's id, how many runners are parked and whether they
+    all hold no context,
     ``"where"`` answers the request's path, ``g``, the worker's pid, whether on_message
     runs in on_open's greenlet (the request's: not detached), the request's ``Upgrade``
     header and the environ's path."""
@@ -61,6 +65,10 @@ class Echo(WebSocketHandler):
             websocket.broadcast(words[2], room=words[1])
         elif words[:1] == ["boom"]:
             raise RuntimeError("boom")
+        elif words[:1] == ["runner"]:
+            idle = runners_of(get_hub()).idle
+            bare = all(runner.gr_context is None for runner in idle)
+            ws.send(f"{id(greenlet.getcurrent())} {len(idle)} {bare}")
         elif words[:1] == ["where"]:
             held = greenlet.getcurrent() is self.opened_in
             upgrade, path = request.headers["Upgrade"], ws.environ["PATH_INFO"]

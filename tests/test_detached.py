@@ -17,6 +17,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from flask_uwsgi_websocket.gevent import Runners
+
 from .helpers import CLOSE, PING, TEXT, RawClient, UwsgiServer, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -83,6 +85,23 @@ def test_messages_keep_their_order_one_on_message_at_a_time(server: UwsgiServer)
         ws.send("sleep 0 b")
         ws.send("c")
         assert [ws.recv(timeout=10) for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_callbacks_run_in_reused_greenlets_few_kept_idle(server: UwsgiServer) -> None:
+    with ExitStack() as stack:
+        ws = opened(server, stack, "runner")
+        ws.send("runner")
+        first = str(ws.recv(timeout=10)).split()
+        ws.send("runner")
+        assert str(ws.recv(timeout=10)).split()[0] == first[0]  # the same, parked between
+        # 40 at once: 40 runners, of which IDLE_MAX stay parked, holding no context.
+        clients = [opened(server, stack, f"busy{i}") for i in range(40)]
+        for ws in clients:
+            ws.send("sleep 0.3 done")
+        assert [ws.recv(timeout=10) for ws in clients] == ["done"] * 40
+        clients[0].send("runner")
+        _, idle, bare = str(clients[0].recv(timeout=10)).split()
+        assert (int(idle), bare) == (Runners.IDLE_MAX - 1, "True")
 
 
 def test_messages_sent_during_on_open_come_after_it(server: UwsgiServer) -> None:
