@@ -324,6 +324,9 @@ class DetachedClient(GeventWebSocketClient):
             self._ended()
         except Exception as exc:
             self._ended(exc)
+        except BaseException:  # the runner was killed (GreenletExit): end the connection too
+            self._ended()
+            raise
         else:
             self._busy = False
 

@@ -39,7 +39,8 @@ def recorded() -> Any:
 class Echo(WebSocketHandler):
     """Echoes; ``"close <code>"`` closes with that code, ``"sleep <s> <m>"`` sleeps in
     on_message then answers ``m`` (messages must keep their order), ``"join <room>"``
-    joins, ``"tell <room> <m>"`` broadcasts ``m`` to the room, ``"boom"`` raises,
+    joins, ``"tell <room> <m>"`` broadcasts ``m`` to the room, ``"boom"`` raises, ``"exit"``
+    raises ``GreenletExit``,
     ``"runner"`` answers its greenlet's id, how many runners are parked and whether they
     all hold no context,
     ``"where"`` answers the request's path, ``g``, the worker's pid, whether on_message
@@ -65,6 +66,8 @@ class Echo(WebSocketHandler):
             websocket.broadcast(words[2], room=words[1])
         elif words[:1] == ["boom"]:
             raise RuntimeError("boom")
+        elif words[:1] == ["exit"]:
+            raise greenlet.GreenletExit  # as when something kills the runner
         elif words[:1] == ["runner"]:
             idle = runners_of(get_hub()).idle
             bare = all(runner.gr_context is None for runner in idle)
