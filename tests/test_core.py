@@ -27,7 +27,7 @@ from websockets.protocol import CLIENT, Protocol
 
 from flask_uwsgi_websocket.core import connection as connection_module
 from flask_uwsgi_websocket.core.compression import DEFAULTS
-from flask_uwsgi_websocket.core.connection import LINGER, STREAM_BUFFER, Connection
+from flask_uwsgi_websocket.core.connection import LINGER, STREAM_BUFFER, Connection, deliver
 from flask_uwsgi_websocket.core.framing import build_frame
 from flask_uwsgi_websocket.core.handshake import Handshake, negotiate
 from flask_uwsgi_websocket.core.options import Options
@@ -269,6 +269,7 @@ class Harness:
         options: Options,
         handshake: Handshake | None = None,
         extensions: list[Extension] | None = None,
+        locked: bool = True,
     ) -> None:
         self.server, self.client = socket.socketpair()
         self.reactor = LoopReactor(self.server.fileno())
@@ -279,7 +280,9 @@ class Harness:
             options,
             self.reactor,
             handshake,
-            lock=self.lock,
+            # Unlocked: as in the gevent and asyncio flavours, where nothing else runs
+            # between the connection's callbacks.
+            lock=self.lock if locked else None,
             wake=self._wake,
         )
         self.peer = Peer(self.client, self.reactor, extensions or [])
@@ -288,7 +291,8 @@ class Harness:
         self.connection.start()
 
     def _wake(self) -> None:
-        assert self.lock.depth > 0, "wake() is called with the lock held"
+        if self.connection.lock is self.lock:
+            assert self.lock.depth > 0, "wake() is called with the lock held"
         self.wakes += 1
 
     def run_until(self, predicate: Callable[[], T], timeout: float = 1.0) -> T:
@@ -369,12 +373,12 @@ def deflate(**settings: Any) -> tuple[Handshake, list[Extension]]:
 def make() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(compressed: bool = False, **changes: Any) -> Harness:
+    def make(compressed: bool = False, locked: bool = True, **changes: Any) -> Harness:
         if compressed:
             handshake, extensions = deflate()
-            harness = Harness(options(**changes), handshake, extensions)
+            harness = Harness(options(**changes), handshake, extensions, locked)
         else:
-            harness = Harness(options(**changes))
+            harness = Harness(options(**changes), locked=locked)
         made.append(harness)
         return harness
 
@@ -1056,14 +1060,17 @@ def test_streaming_reads_a_part_at_a_time(make: Callable[..., Harness]) -> None:
     assert len(received) >= 3
 
 
-def test_fragments_are_sent_and_broadcasts_wait_for_the_last(make: Callable[..., Harness]) -> None:
-    h = make(compression=None)
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_fragments_are_sent_and_broadcasts_wait_for_the_last(
+    make: Callable[..., Harness], locked: bool
+) -> None:
+    h = make(compression=None, locked=locked)
     with h.lock:
         h.connection.send_fragment(TEXT, b"a", fin=False)
         assert h.connection.fragmenting
         with pytest.raises(WebSocketError, match="fragmented message"):
             h.connection.send("not now")
-    h.connection.deliver(build_frame(Opcode.TEXT, b"broadcast"))
+    broadcast(h, Opcode.TEXT, b"broadcast")
     with h.lock:
         h.connection.send_fragment(CONT, b"b", fin=True)
     frames = h.run_until(lambda: len(h.peer.pump()) == 3 and h.peer.frames)
@@ -1078,7 +1085,7 @@ def test_more_broadcasts_held_than_writev_takes_all_go_out(make: Callable[..., H
     with h.lock:
         h.connection.send_fragment(TEXT, b"a", fin=False)
     for i in range(count):
-        h.connection.deliver(build_frame(Opcode.TEXT, str(i).encode()))
+        broadcast(h, Opcode.TEXT, str(i).encode())
     with h.lock:
         h.connection.send_fragment(CONT, b"b", fin=True)
     frames = h.run_until(lambda: len(h.peer.pump()) == count + 2 and h.peer.frames)
@@ -1233,52 +1240,68 @@ def test_linger_is_bounded_by_close_timeout(make: Callable[..., Harness]) -> Non
 # 7. deliver().
 
 
-def test_deliver_queues_a_prebuilt_frame(make: Callable[..., Harness]) -> None:
-    h = make()
-    h.connection.deliver(build_frame(Opcode.TEXT, "to all \u20ac".encode()))
-    h.connection.deliver(build_frame(Opcode.BINARY, b"\x00" * 70000))
+def broadcast(h: Harness, opcode: Opcode, payload: bytes) -> None:
+    """Deliver ``payload`` to ``h``'s connection as a broadcast does: framed once, no lock."""
+    deliver([h.connection], build_frame(opcode, payload), len(payload))
+
+
+both_locks = pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+
+
+@both_locks
+def test_deliver_queues_a_prebuilt_frame(make: Callable[..., Harness], locked: bool) -> None:
+    h = make(locked=locked)
+    broadcast(h, Opcode.TEXT, "to all \u20ac".encode())
+    broadcast(h, Opcode.BINARY, b"\x00" * 70000)
     assert h.run_until(lambda: len(h.peer.data()) == 2 and h.peer.data()) == [
         "to all \u20ac",
         b"\x00" * 70000,
     ]
 
 
+@both_locks
 def test_deliver_more_than_max_send_buffer_when_nothing_waits(
-    make: Callable[..., Harness],
+    make: Callable[..., Harness], locked: bool
 ) -> None:
-    h = make(max_send_buffer=10000)
+    h = make(max_send_buffer=10000, locked=locked)
     h.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     h.peer.paused = True
-    h.connection.deliver(build_frame(Opcode.BINARY, b"b" * 30000))
+    broadcast(h, Opcode.BINARY, b"b" * 30000)
     assert h.connection.connected  # one message larger than the limit goes
     assert h.connection.buffered > 10000
-    h.connection.deliver(build_frame(Opcode.BINARY, b"s"))  # but nothing after it
+    broadcast(h, Opcode.BINARY, b"s")  # but nothing after it
     assert not h.connection.connected
     h.peer.paused = False
     assert h.run_until(h.peer.close_frame).code == 1013
     assert h.peer.data() == [b"b" * 30000]
 
 
-def test_deliver_to_a_slow_consumer_closes_with_1013(make: Callable[..., Harness]) -> None:
-    h = make(max_send_buffer=40000, write_limit=10**6)
+@both_locks
+def test_deliver_to_a_slow_consumer_closes_with_1013(
+    make: Callable[..., Harness], locked: bool
+) -> None:
+    h = make(max_send_buffer=40000, write_limit=10**6, locked=locked)
     h.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     h.peer.paused = True
-    big = build_frame(Opcode.BINARY, b"b" * 30000)
-    h.connection.deliver(big)  # the socket takes a part, the rest waits
+    broadcast(h, Opcode.BINARY, b"b" * 30000)  # the socket takes a part, the rest waits
     assert h.connection.connected
     assert 0 < h.connection.buffered < 30000
     small = build_frame(Opcode.BINARY, b"s" * 100)
+    assert h.connection.messages_out == 1 and h.connection.bytes_out == 30000
     delivered = 1
     while h.connection.connected:
-        h.connection.deliver(small)
+        broadcast(h, Opcode.BINARY, b"s" * 100)
         delivered += 1
         assert delivered < 1000
     wakes = h.wakes
     assert delivered > 2
     close_size = 4 + len("slow consumer: over 40000 bytes waiting to be sent")
     assert 40000 - len(small) < h.connection.buffered - close_size <= 40000
-    h.connection.deliver(small)  # does nothing once closing
+    broadcast(h, Opcode.BINARY, b"s" * 100)  # does nothing once closing
     assert h.wakes == wakes
+    # Counted: those that went out or wait, not the one that closed it nor the last.
+    assert h.connection.messages_out == delivered - 1
+    assert h.connection.bytes_out == 30000 + 100 * (delivered - 2)
     h.peer.paused = False
     close = h.run_until(h.peer.close_frame)
     assert close.code == 1013
@@ -1288,6 +1311,45 @@ def test_deliver_to_a_slow_consumer_closes_with_1013(make: Callable[..., Harness
     h.peer.send(frame(CLOSE, close_payload(1013)))
     h.finish()
     assert h.closed_error().code == 1013
+
+
+@both_locks
+def test_deliver_to_many_skips_the_excluded_and_the_closing(
+    make: Callable[..., Harness], locked: bool
+) -> None:
+    first, excluded, closing, last = (make(locked=locked) for _ in range(4))
+    with closing.lock:
+        closing.connection.begin_close(1000, "bye")
+    payload = b"to all"
+    deliver(
+        [h.connection for h in (first, excluded, closing, last)],
+        build_frame(Opcode.BINARY, payload),
+        len(payload),
+        frozenset({excluded.connection.id}),
+    )
+    for h in (first, last):
+        assert h.run_until(lambda h=h: h.peer.data()) == [payload]
+        assert (h.connection.messages_out, h.connection.bytes_out) == (1, len(payload))
+    for h in (excluded, closing):
+        assert (h.connection.messages_out, h.connection.bytes_out) == (0, 0)
+    assert excluded.connection.connected
+    assert closing.run_until(closing.peer.close_frame).code == 1000
+    assert closing.peer.data() == []
+    assert excluded.peer.pump() == [] and excluded.peer.data() == []
+
+
+@both_locks
+def test_deliver_to_a_peer_gone_ends_its_connection(
+    make: Callable[..., Harness], locked: bool
+) -> None:
+    gone, other = make(locked=locked), make(locked=locked)
+    gone.client.close()  # the write fails: EPIPE
+    wakes = gone.wakes
+    deliver([gone.connection, other.connection], build_frame(Opcode.TEXT, b"hi"), 2)
+    assert gone.wakes > wakes  # a handler waiting for a message learns of the end
+    assert not gone.connection.connected
+    assert gone.connection.close_code == 1006
+    assert other.run_until(other.peer.data) == ["hi"]
 
 
 # 8. send().

@@ -24,21 +24,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from ..core.connection import Connection, deliver
 from ..core.framing import build_frame
 from .message import Broadcast, check_room
 
-__all__ = ["Member", "Rooms", "Subscribing", "Subscriptions"]
-
-
-class Member(Protocol):
-    """What the registry needs of a connection (:class:`~..core.connection.Connection`)."""
-
-    #: The connection's identifier, as ``exclude`` names it.
-    id: str
-
-    def deliver(self, frame: bytes, size: int | None = None) -> None:
-        """Queue ``frame`` (of a ``size``-byte payload), or close the connection when it is
-        a slow consumer."""
+__all__ = ["Rooms", "Subscribing", "Subscriptions"]
 
 
 class Subscribing(Protocol):
@@ -81,13 +71,13 @@ class Rooms:
     def __init__(self, subscriptions: Subscriptions | None = None) -> None:
         self._subscriptions = subscriptions
         self._lock = threading.Lock()
-        self._all: set[Member] = set()
-        self._rooms: dict[str, set[Member]] = {}
-        self._joined: dict[Member, frozenset[str]] = {}
+        self._all: set[Connection] = set()
+        self._rooms: dict[str, set[Connection]] = {}
+        self._joined: dict[Connection, frozenset[str]] = {}
         # Runs a function where the connections' callbacks run: set by the first one.
         self._call: Callable[[Callable[[], None]], None] | None = None
 
-    def add(self, connection: Member, call: Callable[[Callable[[], None]], None]) -> None:
+    def add(self, connection: Connection, call: Callable[[Callable[[], None]], None]) -> None:
         """Count ``connection`` among the app's connections. ``call`` runs a function
         where its callbacks run, from any thread (its reactor's ``call_soon_threadsafe``);
         the first connection's is kept, since a process runs one flavour."""
@@ -101,7 +91,7 @@ class Rooms:
         """Whether this process serves connections: one has entered already."""
         return self._call is not None
 
-    def remove(self, connection: Member) -> None:
+    def remove(self, connection: Connection) -> None:
         """Forget ``connection`` and take it out of every room."""
         with self._lock:
             self._all.discard(connection)
@@ -109,11 +99,11 @@ class Rooms:
                 self._take_out(connection, room)
             self._joined.pop(connection, None)
 
-    def rooms_of(self, connection: Member) -> frozenset[str]:
+    def rooms_of(self, connection: Connection) -> frozenset[str]:
         """The rooms ``connection`` is in."""
         return self._joined.get(connection, frozenset())
 
-    def join(self, connection: Member, room: str) -> Subscribing | None:
+    def join(self, connection: Connection, room: str) -> Subscribing | None:
         """Put ``connection`` in ``room``; what it may wait for before a broadcast made
         from now on is sure to reach it (see :class:`Subscribing`), or ``None``."""
         check_room(room)
@@ -126,13 +116,13 @@ class Rooms:
                 return None
             return self._subscriptions.subscribe(room)
 
-    def leave(self, connection: Member, room: str) -> None:
+    def leave(self, connection: Connection, room: str) -> None:
         """Take ``connection`` out of ``room``; nothing happens if it is not in."""
         check_room(room)
         with self._lock:
             self._take_out(connection, room)
 
-    def _take_out(self, connection: Member, room: str) -> None:
+    def _take_out(self, connection: Connection, room: str) -> None:
         """Take ``connection`` out of ``room``, which goes when empty; with the lock held."""
         members = self._rooms.get(room)
         if members is not None:
@@ -159,13 +149,9 @@ class Rooms:
     def _deliver_now(self, broadcast: Broadcast) -> None:
         room = broadcast.room
         with self._lock:
-            members: Iterable[Member] = self._all if room is None else self._rooms.get(room, ())
+            members: Iterable[Connection] = self._all if room is None else self._rooms.get(room, ())
             recipients = list(members)
         if not recipients:
             return
         frame = build_frame(broadcast.opcode, broadcast.payload)
-        size = len(broadcast.payload)
-        exclude = broadcast.exclude
-        for connection in recipients:
-            if not exclude or connection.id not in exclude:
-                connection.deliver(frame, size)
+        deliver(recipients, frame, len(broadcast.payload), broadcast.exclude)

@@ -49,7 +49,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import PayloadTooBig, ProtocolError
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from .handshake import Handshake
     from .reactor import Reactor, Timer
 
-__all__ = ["Connection", "Ping"]
+__all__ = ["Connection", "Ping", "deliver"]
 
 logger = logging.getLogger("flask_uwsgi_websocket")
 # websockets logs every closed connection at INFO; keep only its warnings.
@@ -185,7 +185,6 @@ class Connection:
         "_max_size",
         "_messages",
         "_out",
-        "_out_size",
         "_partial",
         "_ping_payload",
         "_ping_sent",
@@ -196,6 +195,7 @@ class Connection:
         "_released",
         "_wake",
         "_writing",
+        "buffered",
         "bytes_in",
         "bytes_out",
         "connected",
@@ -270,7 +270,8 @@ class Connection:
         # Output the socket would not take yet; an empty tuple until there is some, as an
         # empty deque costs ~0.7 KiB and most connections never fill their socket's buffer.
         self._out: deque[bytes | bytearray | memoryview] | tuple[()] = ()
-        self._out_size = 0
+        #: Bytes waiting to be sent.
+        self.buffered = 0
         self._eof_pending = False  # half-close once the output is flushed
         # While set, half-close once the peer has been quiet until _linger_until (LINGER).
         self._linger_timer: Timer | None = None
@@ -324,14 +325,9 @@ class Connection:
         return "" if self.protocol.state is CLOSED else None
 
     @property
-    def buffered(self) -> int:
-        """Bytes waiting to be sent."""
-        return self._out_size
-
-    @property
     def backlogged(self) -> bool:
         """Whether a sender should wait: over ``write_limit`` bytes wait to be sent."""
-        return self._out_size > self.options.write_limit and self.connected
+        return self.buffered > self.options.write_limit and self.connected
 
     def closed_error(self) -> ConnectionClosed:
         """The :class:`ConnectionClosed` that tells the peer's close code and reason."""
@@ -831,7 +827,7 @@ class Connection:
         if not out:
             out = self._out = deque()
         out.append(chunk)
-        self._out_size += len(chunk)
+        self.buffered += len(chunk)
 
     def _writev(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` after everything written before; never blocks.
@@ -871,7 +867,7 @@ class Connection:
                     while out:
                         chunk = out[0]
                         sent = os.write(self.fd, chunk)
-                        self._out_size -= sent
+                        self.buffered -= sent
                         if sent < len(chunk):
                             out[0] = memoryview(chunk)[sent:]
                             break
@@ -926,7 +922,7 @@ class Connection:
     def _connection_lost(self) -> None:
         """The socket failed: forget pending output, treat it as end of stream."""
         self._out = ()
-        self._out_size = 0
+        self.buffered = 0
         self._eof_pending = False
         if not self._eof_received:
             self._receive_eof()
@@ -943,7 +939,7 @@ class Connection:
         want = not self._eof_received and not (
             (
                 len(self._messages) >= self._queue_limit
-                or self._out_size > options.write_limit
+                or self.buffered > options.write_limit
                 or (self.streaming and len(self._fragments) >= STREAM_BUFFER)
             )
             and self.connected
@@ -983,7 +979,7 @@ class Connection:
             self._writev(frame_header(opcode, length), payload)
         else:
             self._write(frame_header(opcode, length) + payload)
-        return self._out_size > self.options.write_limit
+        return self.buffered > self.options.write_limit
 
     def send_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         """Send a fragment of a message: ``opcode`` TEXT or BINARY for the first one,
@@ -1020,40 +1016,49 @@ class Connection:
         else:
             raise TypeError(f"a message is str or bytes-like, not {type(message).__name__}")
 
-    def deliver(self, frame: bytes, size: int | None = None) -> None:
-        """Queue ``frame``, a whole frame made for many connections (a broadcast) of a
-        ``size``-byte payload (default: counted whole), or close with 1013 when output is
-        already waiting and ``frame`` would take it over ``max_send_buffer``. Does nothing
-        once closing; never waits."""
+    def deliver(self, frame: bytes, size: int) -> None:
+        """:func:`deliver` to this connection alone, with its lock: ``frame``, a whole frame
+        of a ``size``-byte payload, is queued, or the connection closed with 1013 when output
+        is already waiting and ``frame`` would take it over ``max_send_buffer``. Does
+        nothing once closing; never waits."""
         with self.lock:
             if not self.connected:
                 return
             limit = self.options.max_send_buffer
-            waiting = self._out_size + self._held_size
+            waiting = self.buffered + self._held_size
             if waiting and waiting + len(frame) > limit:
                 self.slow_consumer = True
                 self.begin_close(1013, f"slow consumer: over {limit} bytes waiting to be sent")
                 self._wake()
                 return
             self.messages_out += 1
-            self.bytes_out += len(frame) if size is None else size
+            self.bytes_out += size
             if self.fragmenting:  # not inside another message: after its last fragment
                 self._held.append(frame)
                 self._held_size += len(frame)
             elif self._out or self._eof_pending:
-                self._write(frame)
+                self._queue(frame)
             else:
-                # Idle: what _write does, without its call, once per recipient of a broadcast.
                 try:
                     sent = os.write(self.fd, frame)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError:
-                    self._connection_lost()
-                    return
-                if sent < len(frame):
-                    self._queue(memoryview(frame)[sent:] if sent else frame)
-                    self._update_writing()
+                    sent = -1
+                if sent != len(frame):
+                    self.write_rest(frame, sent)
+
+    def write_rest(self, data: bytes, sent: int) -> None:
+        """After a write of ``data`` straight to the socket that took ``sent`` bytes of it
+        (``-1``: the write failed), keep the rest to write when the socket takes more, or
+        treat the failure as the end of the stream. With the lock held."""
+        if sent < 0:
+            self._connection_lost()
+            self._update_reading()
+            self._wake()  # a handler waiting for a message learns of the end
+        else:
+            self._queue(memoryview(data)[sent:] if sent else data)
+            self._update_writing()
 
     def ping(self, data: bytes | str | None = None) -> Ping:
         """Send a ping with ``data`` (``None``: 4 random bytes); its :class:`Ping` is
@@ -1142,7 +1147,7 @@ class Connection:
             self._pong_timer = None
             if self._ping_payload is None or self.protocol.state is not OPEN:
                 return
-            if not self._reading and self._out_size <= self.options.write_limit:
+            if not self._reading and self.buffered <= self.options.write_limit:
                 # We stopped reading because the handler does not keep up (max_queue):
                 # the pong may be waiting in the socket. Not the peer's fault: look again
                 # later. Stopped because the peer does not read what we send (write_limit),
@@ -1180,3 +1185,44 @@ class Connection:
         # Not under the lock: the plain flavour waits here for its I/O thread, which may
         # be waiting for the lock in a callback.
         self.reactor.close()
+
+
+def deliver(
+    connections: Iterable[Connection], frame: bytes, size: int, exclude: Collection[str] = ()
+) -> None:
+    """Queue ``frame``, one whole frame of a ``size``-byte payload made for many connections
+    (a broadcast), on each of ``connections`` but those whose id is in ``exclude``. A
+    connection with output already waiting that ``frame`` would take over its
+    ``max_send_buffer`` is closed with 1013 instead (a slow consumer); one that is closing
+    is skipped. Never waits.
+
+    One loop for all of them, not a method call each: it runs once per recipient, and
+    most recipients are idle -- no lock (gevent, asyncio), nothing waiting to be sent, no
+    fragmented message being sent, open -- so the frame goes to their socket at once,
+    after the checks that say so. The others take :meth:`Connection.deliver`.
+    """
+    if exclude:
+        connections = [c for c in connections if c.id not in exclude]
+    length = len(frame)
+    write = os.write
+    no_lock = _NO_LOCK
+    for connection in connections:
+        # Nothing buffered also means no half-close pending: that waits for buffered output.
+        if (
+            connection.buffered
+            or connection.fragmenting
+            or not connection.connected
+            or connection.lock is not no_lock
+        ):
+            connection.deliver(frame, size)
+            continue
+        connection.messages_out += 1
+        connection.bytes_out += size
+        try:
+            sent = write(connection.fd, frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent != length:
+            connection.write_rest(frame, sent)
