@@ -64,10 +64,14 @@ Checks (a failure names itself in the output, and the exit status is 1):
   ``SETTLE`` seconds). A worker's baseline is its count at its second idle moment,
   once it has been through a whole wave (a worker opens some sockets lazily: to Redis, for
   its threads); a wave kept from it by the warm-up does not count.
-- worker 1's resident memory (VmRSS) at its last idle moment is less than ``--rss-growth``
+- worker 1's resident memory (VmRSS) once glibc has given back its free pages (the app's
+  ``trim`` command: the memory in use) at its last idle moment is less than ``--rss-growth``
   (5%) above what it was at the end of the warm-up: the highest of its idle moments during
   the warm-up, the working set it reached. The slope of its idle RSS after the warm-up
-  (least squares) is reported too.
+  (least squares) is reported too, and so is a census of worker 1 at each idle moment
+  (the app's ``census`` command: Python's allocated blocks and tracked objects, glibc's
+  ``mallinfo2()``), which tells a leak of Python objects from the allocator's caches;
+  ``--tracemalloc`` also prints the source lines whose allocations grew most.
 - no worker respawn but those the soak caused, from the stats servers; no traceback in the
   uWSGI logs.
 
