@@ -254,7 +254,8 @@ class Soak:
         self.keys = itertools.count()
         #: The worker pid each flavour's connections must land on now (see ``waves``).
         self.pinned: dict[str, int | None] = {}
-        self.census_baseline: dict[str, bool] = {}
+        #: The flavours whose tracemalloc baseline was taken after the warm-up.
+        self.census_baselined: set[str] = set()
         self.notes: list[str] = []
         self.stopping = False
 
@@ -879,20 +880,21 @@ async def trimmed_rss(soak: Soak, flavour: str, now: dict[str, Any]) -> None:
             soak.fail("soak error", f"{flavour}: the trim command not answered")
         worker["rss_trimmed_kib"] = proc_figures(worker["pid"])[0]
         soak.counts[flavour]["trims"] += 1
-        baseline = now["t"] > soak.args.warmup and not soak.census_baseline.get(flavour)
+        baseline = now["t"] > soak.args.warmup and flavour not in soak.census_baselined
         await conn.command(census=True, baseline=baseline)
         reply = await asyncio.wait_for(conn.ws.recv(), OPEN_TIMEOUT)
         if not isinstance(reply, str) or not reply.startswith("C"):
             soak.fail("soak error", f"{flavour}: the census command not answered")
         else:
             figures = json.loads(reply[1:])
-            soak.census_baseline[flavour] = soak.census_baseline.get(flavour) or baseline
+            if baseline:
+                soak.census_baselined.add(flavour)
             worker["py_blocks"], worker["py_objects"] = figures["blocks"], figures["objects"]
             worker["malloc_used_kib"] = figures["malloc_used"] // 1024
             worker["malloc_free_kib"] = figures["malloc_free"] // 1024
             if "traced" in figures:
                 worker["py_traced_kib"] = figures["traced"] // 1024
-            if figures.get("top") and soak.census_baseline[flavour]:
+            if figures.get("top") and flavour in soak.census_baselined:
                 worker["py_top"] = figures["top"]
                 print(f"{flavour} worker 1, tracemalloc since the warm-up:", flush=True)
                 print("\n".join("  " + line for line in figures["top"]), flush=True)
@@ -1070,23 +1072,28 @@ def progress(soak: Soak) -> None:
         )
 
 
+#: Worker 1's figures at each idle moment that ``rss_check`` follows: its RSS, trimmed (the
+#: one checked) and as it was, then the census's (reported only).
+IDLE_FIGURES = (
+    "rss_trimmed_kib",
+    "rss_kib",
+    "py_blocks",
+    "py_objects",
+    "py_traced_kib",
+    "malloc_used_kib",
+    "malloc_free_kib",
+)
+
+
 def rss_check(soak: Soak) -> dict[str, Any]:
-    """Worker 1's RSS, trimmed (``rss_trimmed_kib``, checked) and as it was (``rss_kib``,
-    reported): at the end of the warm-up (the highest of its idle moments during the
-    warm-up: the working set it reached) and at its last idle moment; and the slope of
-    its idle RSS after the warm-up (least squares, KiB per hour)."""
+    """Each of worker 1's :data:`IDLE_FIGURES` at the end of the warm-up (the highest of
+    its idle moments during the warm-up: the working set it reached) and at its last idle
+    moment, in the figure's unit, and the slope after the warm-up (least squares, per
+    hour). The trimmed RSS (``rss_trimmed_kib``) is checked; the others are reported."""
     found: dict[str, Any] = {}
     for flavour in soak.flavours:
         found[flavour] = figures = {}
-        for key in (
-            "rss_trimmed_kib",
-            "rss_kib",
-            "py_blocks",
-            "py_objects",
-            "py_traced_kib",
-            "malloc_used_kib",
-            "malloc_free_kib",
-        ):
+        for key in IDLE_FIGURES:
             points = [
                 (idle["t"], w["pid"], w[key])
                 for idle in soak.idle[flavour]
@@ -1099,24 +1106,27 @@ def rss_check(soak: Soak) -> dict[str, Any]:
                 if key.startswith("rss"):
                     soak.fail("no RSS figures", f"{flavour}: {len(points)} idle moments ({key})")
                 continue
-            t0, pid0, rss0 = max(during, key=lambda p: p[2])
-            t1, pid1, rss1 = after[-1]
-            growth = 100.0 * (rss1 - rss0) / rss0
+            t0, pid0, value0 = max(during, key=lambda p: p[2])
+            t1, pid1, value1 = after[-1]
+            growth = 100.0 * (value1 - value0) / value0
             figures[key] = {
-                "pid": pid1, "warm_t": t0, "warm_kib": rss0, "end_t": t1, "end_kib": rss1,
-                "growth_pct": round(growth, 2), "slope_kib_per_hour": slope(after),
+                "pid": pid1, "warm_t": t0, "warm": value0, "end_t": t1, "end": value1,
+                "growth_pct": round(growth, 2), "slope_per_hour": slope(after),
             }  # fmt: skip
+            if key != "rss_trimmed_kib":
+                continue
             if pid0 != pid1:
                 soak.fail("worker 1 respawned", f"{flavour}: {pid0} -> {pid1}")
-            if key == "rss_trimmed_kib" and growth >= soak.args.rss_growth:
+            if growth >= soak.args.rss_growth:
                 soak.fail(
-                    "RSS growth", f"{flavour} worker 1: {rss0} -> {rss1} KiB (+{growth:.1f}%)"
+                    "RSS growth",
+                    f"{flavour} worker 1: {value0} -> {value1} KiB (+{growth:.1f}%)",
                 )
     return found
 
 
 def slope(points: list[tuple[float, int, int]]) -> float | None:
-    """Least-squares slope of ``(t, _, rss)`` in KiB per hour."""
+    """Least-squares slope of ``(t, _, value)``, per hour."""
     if len(points) < 2:
         return None
     ts = [p[0] for p in points]
@@ -1280,23 +1290,20 @@ def summary(figures: dict[str, Any]) -> str:
     ):  # fmt: skip
         checks = [rss.get(flavour, {}).get(key) for flavour in flavours]
         cells = [
-            f"{c['warm_kib']:,} → {c['end_kib']:,} ({c['growth_pct']:+.1f}%)" if c else "-"
-            for c in checks
+            f"{c['warm']:,} → {c['end']:,} ({c['growth_pct']:+.1f}%)" if c else "-" for c in checks
         ]
         rows.append(f"| worker 1 {what}: warm → end | " + " | ".join(cells) + " |")
     for key, what in (("rss_trimmed_kib", "RSS trimmed"), ("rss_kib", "RSS as it was")):
         checks = [rss.get(flavour, {}).get(key) for flavour in flavours]
         cells = [
-            f"{c['warm_kib'] / 1024:.1f} → {c['end_kib'] / 1024:.1f} ({c['growth_pct']:+.1f}%)"
+            f"{c['warm'] / 1024:.1f} → {c['end'] / 1024:.1f} ({c['growth_pct']:+.1f}%)"
             if c
             else "-"
             for c in checks
         ]
         rows.append(f"| worker 1 {what}, MiB: warm → end | " + " | ".join(cells) + " |")
         cells = [
-            f"{c['slope_kib_per_hour'] / 1024:+.1f}"
-            if c and c["slope_kib_per_hour"] is not None
-            else "-"
+            f"{c['slope_per_hour'] / 1024:+.1f}" if c and c["slope_per_hour"] is not None else "-"
             for c in checks
         ]
         rows.append(
