@@ -15,9 +15,9 @@ the next request), so a worker holds more connections than ``--gevent N``. The h
 watchers drive it from then on: when a message comes, one of the worker's reused
 greenlets (:class:`Runners`) calls ``on_message`` for each waiting message in order,
 and goes back to the pool when none is left; at the end, one calls ``on_close`` and
-runs the request's teardown. Where uWSGI reads the
-socket again after the request (``--http11-socket``), the handler holds its request
-for the connection's life instead (see :class:`DetachedClient`).
+runs the request's teardown. Where uWSGI reads the socket again after the request
+(``--http11-socket``), the handler holds its request for the connection's life instead
+(see :class:`DetachedClient`).
 """
 
 from __future__ import annotations
