@@ -129,27 +129,49 @@ def parse_perf_stat(text: str) -> dict[str, int]:
     return calls
 
 
-class Syscalls:
-    """``perf stat`` of process ``pid``'s system calls, started by the first call and
-    stopped by the second (a ``sample`` for ``count_round_trips``), which returns the
-    counts (:func:`parse_perf_stat`). Tracepoints count without stopping the process,
-    unlike strace, which slows it so much that every read finds a message waiting."""
+class PerfRun:
+    """``perf`` on process ``pid`` (every thread), started by the first call and stopped
+    by the second (a ``sample`` for ``count_round_trips``), which returns what
+    :meth:`result` makes of the run; ``out`` is its output file."""
 
     def __init__(self, pid: int, out: Path) -> None:
-        """Count for ``pid`` (every thread), writing to ``out``."""
         self.pid = pid
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """``perf`` and its arguments, but ``-p``."""
+        raise NotImplementedError
+
+    def result(self, err: bytes) -> dict[str, int]:
+        """The figures of the run that just stopped (``err``: what perf said)."""
+        raise NotImplementedError
+
     def __call__(self) -> dict[str, int]:
-        """Start counting, or stop and return the counts."""
+        """Start, or stop and return the figures."""
         if self.proc is None:
-            cmd = ["perf", "stat", "-x,", "-o", str(self.out), *syscall_events()]
-            self.proc = subprocess.Popen([*cmd, "-p", str(self.pid)], stderr=subprocess.PIPE)
-            time.sleep(PERF_START)  # perf says nothing once it counts
+            self.proc = subprocess.Popen(
+                [*self.command(), "-p", str(self.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            time.sleep(PERF_START)  # perf says nothing once it runs
             return {}
         self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=PERF_TIMEOUT)
+        return self.result(err)
+
+
+class Syscalls(PerfRun):
+    """``perf stat`` of the process's system calls; the counts
+    (:func:`parse_perf_stat`). Tracepoints count without stopping the process, unlike
+    strace, which slows it so much that every read finds a message waiting."""
+
+    def command(self) -> list[str]:
+        """``perf stat`` of the system call tracepoints."""
+        return ["perf", "stat", "-x,", "-o", str(self.out), *syscall_events()]
+
+    def result(self, err: bytes) -> dict[str, int]:
+        """The system calls counted, by name, and their ``total``."""
         calls = parse_perf_stat(self.out.read_text())
         if not calls["total"]:
             raise RuntimeError(f"perf stat counted nothing: {err.decode()[-500:]}")
@@ -199,27 +221,17 @@ def parse_perf_script(text: str) -> dict[str, int]:
     return counts
 
 
-class Perf:
-    """``perf record -g`` of process ``pid``, started by the first call and stopped by the
-    second (a ``sample`` for ``count_round_trips``); the second returns the samples per
-    part of the server (:func:`part_of`)."""
+class Perf(PerfRun):
+    """``perf record -g`` of the process; the samples per part of the server
+    (:func:`part_of`)."""
 
-    def __init__(self, pid: int, out: Path) -> None:
-        """Sample ``pid`` (every thread) into ``out``."""
-        self.pid = pid
-        self.out = out
-        self.proc: subprocess.Popen[bytes] | None = None
+    def command(self) -> list[str]:
+        """``perf record`` with call graphs."""
+        cmd = ["perf", "record", "-e", "cpu-clock", "-F", str(PERF_FREQUENCY), "-g"]
+        return [*cmd, "-o", str(self.out)]
 
-    def __call__(self) -> dict[str, int]:
-        """Start sampling, or stop and return the samples per part."""
-        if self.proc is None:
-            cmd = ["perf", "record", "-e", "cpu-clock", "-F", str(PERF_FREQUENCY), "-g"]
-            cmd += ["-o", str(self.out), "-p", str(self.pid)]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(PERF_START)  # perf says nothing once it samples
-            return {}
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=PERF_TIMEOUT)
+    def result(self, err: bytes) -> dict[str, int]:
+        """The samples per part, from ``perf script``."""
         if b"Captured and wrote" not in err:  # its exit status after SIGINT is not 0
             raise RuntimeError(f"perf record failed: {err.decode()[-500:]}")
         script = subprocess.run(
