@@ -16,6 +16,7 @@ import under ``--lazy-apps``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import os
 import threading
@@ -35,7 +36,7 @@ from flask import json
 from . import callbacks, uwsgi_api
 from .client import DEFAULT, Client, Fragmenter, FrameToSend, joining, receiving
 from .core.connection import Ping
-from .core.framing import Message
+from .core.framing import BINARY, TEXT, Message
 from .core.reactor import Reactor, Timer, call_threadsafe
 from .exceptions import ConnectionClosed, WebSocketError
 from .flask.extension import WebSocketExtension
@@ -49,6 +50,115 @@ if TYPE_CHECKING:
 
 
 __all__ = ["AsyncioWebSocket", "AsyncioWebSocketClient", "AsyncioWebSocketMiddleware"]
+
+
+class Wakeup:
+    """What a task waiting for its connection awaits: a future-like object (asyncio's
+    duck typing, ``_asyncio_future_blocking``) that the next :meth:`set` completes.
+
+    An asyncio future wakes its task through ``loop.call_soon`` (a handle, and a turn of
+    the loop, in Python: the larger part of a message's cost in the loop). :meth:`set`
+    called from a callback of the loop, run by the loop's greenlet ``runner`` (the
+    connection's read callback above all), steps the task right there instead, as the
+    gevent hub switches to a waiting greenlet; from a task (where another cannot step)
+    or another greenlet (a request's, uWSGI's async core), it schedules the step as a
+    future would.
+    """
+
+    __slots__ = (
+        "_asyncio_future_blocking",
+        "_callback",
+        "_context",
+        "_loop",
+        "_runner",
+        "_state",
+    )
+
+    _PENDING, _DONE, _CANCELLED = 0, 1, 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runner: greenlet.greenlet) -> None:
+        self._loop = loop
+        self._runner = runner
+        self._asyncio_future_blocking = False
+        self._callback: Callable[[Wakeup], Any] | None = None
+        self._context: contextvars.Context | None = None
+        self._state = self._PENDING
+
+    def __await__(self) -> Generator[Wakeup, None, None]:
+        if not self._state:
+            self._asyncio_future_blocking = True
+            yield self
+        if self._state == self._CANCELLED:
+            raise asyncio.CancelledError
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop (asked by the task that awaits it)."""
+        return self._loop
+
+    def add_done_callback(
+        self, callback: Callable[[Wakeup], Any], *, context: contextvars.Context | None = None
+    ) -> None:
+        """Call ``callback(self)`` once done: the waiting task's, its only one."""
+        if self._state:
+            self._loop.call_soon(callback, self, context=context)
+        else:
+            self._callback = callback
+            self._context = context
+
+    def remove_done_callback(self, callback: Callable[[Wakeup], Any]) -> int:
+        """Forget ``callback``; the number removed."""
+        if self._callback is None or self._callback != callback:
+            return 0
+        self._callback = None
+        return 1
+
+    def done(self) -> bool:
+        """Whether it was set or cancelled."""
+        return self._state != self._PENDING
+
+    def cancelled(self) -> bool:
+        """Whether it was cancelled."""
+        return self._state == self._CANCELLED
+
+    def result(self) -> None:
+        """``None``; raises :class:`asyncio.CancelledError` if cancelled."""
+        if self._state == self._CANCELLED:
+            raise asyncio.CancelledError
+        if not self._state:
+            raise asyncio.InvalidStateError("not set yet")
+
+    def exception(self) -> BaseException | None:
+        """``None``; raises as :meth:`result` does."""
+        self.result()
+        return None
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancel the wait: the task awaiting it gets :class:`asyncio.CancelledError`."""
+        if self._state:
+            return False
+        self._state = self._CANCELLED
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            self._loop.call_soon(callback, self, context=self._context)
+        return True
+
+    def set(self) -> None:
+        """Wake the task: step it now from a loop callback, else soon."""
+        if self._state:
+            return
+        self._state = self._DONE
+        callback, self._callback = self._callback, None
+        if callback is None:
+            return
+        context = self._context
+        if (
+            context is not None
+            and greenlet.getcurrent() is self._runner
+            and asyncio.current_task(self._loop) is None
+        ):
+            context.run(callback, self)
+        else:
+            self._loop.call_soon(callback, self, context=context)
 
 
 class AsyncioReactor:
@@ -97,7 +207,10 @@ class AsyncioWebSocketClient(Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.get_event_loop()
-        self._waiters: list[asyncio.Future[None]] = []
+        # The greenlet that runs the loop: the request's parent (see serve).
+        current = greenlet.getcurrent()
+        self._runner = current.parent or current
+        self._waiters: list[Wakeup] = []
         self._task: asyncio.Task[Any] | None = None
         self._task_waiting = 0
         self._pongs: list[tuple[Ping, asyncio.Future[float]]] = []  # ping() not yet answered
@@ -112,7 +225,7 @@ class AsyncioWebSocketClient(Client):
         future, mine = self._begin_wait()
         timer = None
         if timeout is not None:
-            timer = self._loop.call_later(max(timeout, 0.0), _resolve, future)
+            timer = self._loop.call_later(max(timeout, 0.0), future.set)
         try:
             await future
         finally:
@@ -120,9 +233,9 @@ class AsyncioWebSocketClient(Client):
                 timer.cancel()
             self._end_wait(future, mine)
 
-    def _begin_wait(self) -> tuple[asyncio.Future[None], bool]:
-        """A future the next wake resolves, and whether the handler's task waits for it."""
-        future: asyncio.Future[None] = self._loop.create_future()
+    def _begin_wait(self) -> tuple[Wakeup, bool]:
+        """What the next wake sets, and whether the handler's task waits for it."""
+        future = Wakeup(self._loop, self._runner)
         self._waiters.append(future)
         # The loop given: without it, Python 3.11 looks the running loop up with a getpid()
         # system call, one per message.
@@ -130,7 +243,7 @@ class AsyncioWebSocketClient(Client):
         self._task_waiting += mine
         return future, mine
 
-    def _end_wait(self, future: asyncio.Future[None], mine: bool) -> None:
+    def _end_wait(self, future: Wakeup, mine: bool) -> None:
         """The wait for ``future`` (from :meth:`_begin_wait`) is over, however it ended."""
         self._task_waiting -= mine
         if future in self._waiters:
@@ -139,7 +252,7 @@ class AsyncioWebSocketClient(Client):
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for future in waiters:
-            _resolve(future)
+            future.set()
         if self._pongs:
             self._answer_pings()
         if self._task is not None and not self.connection.connected:
@@ -247,9 +360,12 @@ class AsyncioWebSocketClient(Client):
         the closing handshake has begun. ``binary=True`` sends a ``str`` as binary,
         encoded in UTF-8. An iterable that raises closes the connection with 1011.
         """
-        if binary and isinstance(message, str):
-            message = message.encode()
-        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+        payload: bytes | bytearray | memoryview
+        if isinstance(message, str):
+            opcode, payload = (BINARY, message.encode()) if binary else (TEXT, message.encode())
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            opcode, payload = BINARY, message
+        else:
             await self._send_fragments(message)
             return
         if worker_metrics.pushing:
@@ -257,7 +373,7 @@ class AsyncioWebSocketClient(Client):
         connection = self.connection
         while connection.fragmenting:
             await self._wait(None)
-        if connection.send(message):
+        if connection.send_frame(opcode, payload):
             while connection.backlogged:
                 await self._wait(None)
 
@@ -425,11 +541,6 @@ class _Done:
 
 
 _DONE = _Done()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 _loop_prepared_in: int | None = None

@@ -21,7 +21,7 @@ from websockets.frames import Opcode
 
 from . import uwsgi_api
 from .core.connection import Connection, Ping
-from .core.framing import Message, data_of
+from .core.framing import BINARY, TEXT, Message, data_of
 from .exceptions import ConnectionClosed
 from .flask.serving import ErrorHandlers, outcome_sync
 from .metrics import worker_metrics
@@ -359,9 +359,9 @@ class BlockingClient(Client):
             return
         payload: bytes | bytearray | memoryview
         if isinstance(message, str):
-            opcode, payload = Opcode.TEXT, message.encode()
+            opcode, payload = TEXT, message.encode()
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            opcode, payload = Opcode.BINARY, message
+            opcode, payload = BINARY, message
         else:
             self._send_fragments(fragments(message))
             return
@@ -402,7 +402,7 @@ class BlockingClient(Client):
         with connection.lock:
             while connection.fragmenting:
                 self._wait(None)
-            connection.send_frame(Opcode.BINARY, data)
+            connection.send_frame(BINARY, data)
             while connection.backlogged:
                 self._wait(None)
 

@@ -32,7 +32,6 @@ import gevent
 import greenlet
 from flask import has_request_context, request
 from gevent import get_hub
-from gevent.hub import Waiter
 from werkzeug.datastructures import EnvironHeaders
 
 from . import callbacks, uwsgi_api
@@ -117,7 +116,10 @@ class GeventWebSocketClient(BlockingClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._hub = get_hub()
-        self._waiters: list[Waiter[Any]] = []
+        # The greenlets parked in _wait, each until it is switched to. No gevent Waiter: a
+        # wait costs one list entry, and every caller of _wait asks again what it waits
+        # for, so a wake that finds no change is harmless.
+        self._waiting: list[greenlet.greenlet] = []
         self._handler: Any = None
         self._handler_waiting = 0  # the handler is blocked in this connection's methods
         super().__init__(*args, **kwargs)
@@ -126,33 +128,34 @@ class GeventWebSocketClient(BlockingClient):
         return GeventReactor(fd)
 
     def _wait(self, timeout: float | None) -> None:
-        waiter: Waiter[Any] = Waiter(self._hub)
-        self._waiters.append(waiter)
-        mine = greenlet.getcurrent() is self._handler
+        current = greenlet.getcurrent()
+        mine = current is self._handler
         self._handler_waiting += mine
+        self._waiting.append(current)
         timer = None
         if timeout is not None:
             timer = self._hub.loop.timer(max(timeout, 0.0))
-            timer.start(waiter.switch, None)
+            timer.start(current.switch)
         try:
-            waiter.get()
+            self._hub.switch()
         finally:
             self._handler_waiting -= mine
             if timer is not None:
                 timer.close()
-                if waiter in self._waiters:  # woken by the timer
-                    self._waiters.remove(waiter)
+            if current in self._waiting:  # woken by the timer, or thrown into
+                self._waiting.remove(current)
+
+    _wait_message = _wait
 
     def _wake_waiters(self) -> None:
-        waiters = self._waiters
-        if waiters:
-            self._waiters = []
-            if greenlet.getcurrent() is self._hub:
-                for waiter in waiters:
-                    waiter.switch(None)
+        waiting = self._waiting
+        if waiting:
+            if greenlet.getcurrent() is self._hub:  # _switch_waiting, inline
+                self._waiting = []
+                for parked in waiting:
+                    parked.switch()
             else:
-                for waiter in waiters:
-                    self._hub.loop.run_callback(waiter.switch, None)
+                self._hub.loop.run_callback(self._switch_waiting)
         # A handler waiting in this connection's methods was just woken and sees the close
         # itself; asked first, as the connection's state costs two Python calls.
         if (
@@ -163,6 +166,13 @@ class GeventWebSocketClient(BlockingClient):
             self._hub.loop.run_callback(self._stop_handler)
 
     _wake = _wake_waiters
+
+    def _switch_waiting(self) -> None:
+        """From the hub: resume the greenlets parked in :meth:`_wait` (there, as one woken
+        another way has left the list by then)."""
+        waiting, self._waiting = self._waiting, []
+        for parked in waiting:
+            parked.switch()
 
     def _stop_handler(self) -> None:
         handler = self._handler

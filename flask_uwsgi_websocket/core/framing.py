@@ -13,10 +13,28 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
-__all__ = ["Message", "apply_mask", "build_frame", "data_of", "frame_header", "read_header"]
+__all__ = [
+    "BINARY",
+    "SHORT_HEADERS",
+    "TEXT",
+    "Message",
+    "apply_mask",
+    "build_frame",
+    "data_of",
+    "frame_header",
+    "read_header",
+]
 
 #: A whole message: ``str`` for text, ``bytes`` for binary.
 Message = str | bytes
+
+#: The opcodes of data frames, as plain ints (cheaper on the hot paths than ``Opcode``'s).
+TEXT, BINARY = 0x1, 0x2
+
+#: The header of a final, unmasked, unextended frame of opcode ``op`` (0 to 2) and a
+#: payload of ``n`` bytes under 126: ``SHORT_HEADERS[op << 7 | n]``, made once, as the
+#: small echoes and broadcasts would make each.
+SHORT_HEADERS = tuple(bytes((0x80 | index >> 7, index & 0x7F)) for index in range(3 << 7))
 
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
