@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
+import greenlet
 import pytest
 from websockets.sync.client import connect
 
 from flask_uwsgi_websocket import AsyncioWebSocket
+from flask_uwsgi_websocket.asyncio import Wakeup
 
 from .helpers import AppServer, wait_for
 
@@ -81,3 +84,99 @@ def test_several_processes_with_lazy_apps() -> None:
                 assert [ws.recv(timeout=10) for ws in sockets] == [f"message {i}" for i in range(6)]
             assert "Traceback" not in server.output()
             assert "spawned uWSGI worker 2" in server.output()
+
+
+# The Wakeup a waiting task awaits, on a real loop: stepped at once from the loop's
+# callbacks, scheduled from a task or another greenlet, cancellable as a future.
+
+
+def _waiting_task(
+    loop: asyncio.AbstractEventLoop, runner: greenlet.greenlet, log: list[str]
+) -> tuple[Wakeup, asyncio.Task[None]]:
+    wakeup = Wakeup(loop, runner)
+
+    async def wait() -> None:
+        try:
+            await wakeup
+            log.append("woken")
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    return wakeup, loop.create_task(wait())
+
+
+def test_wakeup_set_from_a_loop_callback_steps_the_task_at_once() -> None:
+    loop = asyncio.new_event_loop()
+    log: list[str] = []
+    wakeup, task = _waiting_task(loop, greenlet.getcurrent(), log)
+
+    def callback() -> None:
+        wakeup.set()
+        log.append("set returned")
+
+    loop.run_until_complete(asyncio.sleep(0))  # the task waits
+    loop.call_soon(callback)
+    loop.run_until_complete(task)
+    loop.close()
+    assert log == ["woken", "set returned"]
+    assert wakeup.done() and not wakeup.cancelled()
+
+
+def test_wakeup_set_from_a_task_or_another_greenlet_is_scheduled() -> None:
+    loop = asyncio.new_event_loop()
+    log: list[str] = []
+    wakeup, task = _waiting_task(loop, greenlet.getcurrent(), log)
+    other, other_task = _waiting_task(loop, greenlet.getcurrent(), log)
+
+    async def setter() -> None:
+        wakeup.set()  # a task is running: no other may step now
+        log.append("set returned")
+        greenlet.greenlet(other.set).switch()  # not the loop's greenlet
+        log.append("other set returned")
+
+    async def main() -> None:
+        await asyncio.gather(setter(), task, other_task)
+
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(main())
+    loop.close()
+    assert log == ["set returned", "other set returned", "woken", "woken"]
+
+
+def test_wakeup_is_cancelled_with_its_task_and_by_wait_for() -> None:
+    loop = asyncio.new_event_loop()
+    log: list[str] = []
+    wakeup, task = _waiting_task(loop, greenlet.getcurrent(), log)
+    loop.run_until_complete(asyncio.sleep(0))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert log == ["cancelled"]
+    assert wakeup.cancelled() and not wakeup.cancel()
+    wakeup.set()  # too late: nothing happens
+    with pytest.raises(asyncio.CancelledError):
+        wakeup.result()
+
+    async def timed_out() -> None:
+        await asyncio.wait_for(Wakeup(loop, greenlet.getcurrent()), 0.01)
+
+    with pytest.raises(asyncio.TimeoutError):
+        loop.run_until_complete(timed_out())
+    loop.close()
+
+
+def test_wakeup_done_before_it_is_awaited_does_not_wait() -> None:
+    loop = asyncio.new_event_loop()
+    wakeup = Wakeup(loop, greenlet.getcurrent())
+    with pytest.raises(asyncio.InvalidStateError):
+        wakeup.result()
+    wakeup.set()
+
+    async def wait() -> str:
+        await wakeup
+        return "done"
+
+    assert loop.run_until_complete(wait()) == "done"
+    assert wakeup.exception() is None
+    loop.close()
