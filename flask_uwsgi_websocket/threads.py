@@ -9,8 +9,10 @@ and ``close`` safe from any thread.
 While a handler waits in ``receive``, its own thread reads the socket instead (it
 polls the socket and a :class:`Waker`), so a message goes from the socket to
 the handler without waking a second thread; the I/O thread leaves the socket alone
-meanwhile and takes it back as soon as the handler has its message. Every read is
-made with the connection's lock held, so two threads never read at once.
+meanwhile, and takes it back when the handler has not come back to ``receive`` for
+:data:`LEND` seconds (a handler that echoes comes back long before: the socket stays
+out of the I/O thread's set, without a system call per message). Every read is made
+with the connection's lock held, so two threads never read at once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from .shutdown import watch_signals
 __all__ = ["WebSocket", "WebSocketClient", "WebSocketMiddleware"]
 
 _ONE = (1).to_bytes(8, "little")  # an eventfd's increment (and 8 bytes to a pipe)
+
+#: Seconds between the I/O thread's looks at the sockets lent to handlers' threads: one
+#: whose handler has not read it since the look before goes back to the I/O thread, so it
+#: answers pings and closes within twice this while the handler does other work.
+LEND = 0.1
 
 
 class ReadSet:
@@ -102,6 +109,12 @@ class IOThread:
         self.loop = asyncio.new_event_loop()
         #: The sockets watched for reading (see :class:`ThreadReactor`).
         self.readers = ReadSet()
+        #: The sockets lent to handlers' threads (see :meth:`ThreadReactor.lend`).
+        self.lent: set[ThreadReactor] = set()
+        #: How many looks at them have been made (:meth:`_look_at_lent`).
+        self.looks = 0
+        self._looking = False  # a look is scheduled; with _lent_lock held
+        self._lent_lock = threading.Lock()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="websocket-io", daemon=True
         )
@@ -128,6 +141,35 @@ class IOThread:
             function(*args)
         else:
             self.loop.call_soon_threadsafe(function, *args)
+
+    def lend(self, reactor: ThreadReactor) -> None:
+        """Keep an eye on ``reactor``, lent to its handler's thread; from any thread."""
+        with self._lent_lock:
+            self.lent.add(reactor)
+            if self._looking:
+                return
+            self._looking = True
+        self.call(self.loop.call_later, LEND, self._look_at_lent)
+
+    def unlend(self, reactor: ThreadReactor) -> None:
+        """Forget ``reactor``: taken back, or its connection is over; from any thread."""
+        with self._lent_lock:
+            self.lent.discard(reactor)
+
+    def _look_at_lent(self) -> None:
+        """Take back the sockets whose handlers have not read since the last look."""
+        looks = self.looks
+        self.looks = looks + 1
+        with self._lent_lock:
+            lent = list(self.lent)
+        for reactor in lent:
+            if reactor.lent_at < looks:  # asked again with its lock held
+                reactor.take_back(looks)
+        with self._lent_lock:
+            self._looking = bool(self.lent)
+            if not self._looking:
+                return
+        self.loop.call_later(LEND, self._look_at_lent)
 
     def call_and_wait(self, function: Callable[[], Any]) -> None:
         """Call ``function`` in the I/O thread and wait until it has run."""
@@ -227,8 +269,8 @@ def waker() -> Waker:
 class ThreadReactor:
     """A connection's watchers on the process's :class:`IOThread`.
 
-    While the handler's thread reads the socket (:attr:`handler_reads`, set with
-    ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
+    While the handler's thread reads the socket (from :meth:`take` to :meth:`give_back`,
+    with ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
     woken for it; taking it out and putting it back are a system call each, made by the
     handler's thread. A read event the I/O thread had already taken finds the flag set
     and does nothing.
@@ -242,16 +284,42 @@ class ThreadReactor:
         self.reader: Callable[[], None] | None = None
         self._handler_reads = False
         self._in_read_set = False
+        self._lent = False  # out of the read set between the handler's reads (lend)
+        #: :attr:`IOThread.looks` when the handler last read.
+        self.lent_at = 0
 
     @property
     def handler_reads(self) -> bool:
-        """Whether the handler's thread is the one that reads (set with ``lock`` held)."""
+        """Whether the handler's thread is the one that reads (see :meth:`take`)."""
         return self._handler_reads
 
-    @handler_reads.setter
-    def handler_reads(self, value: bool) -> None:
-        self._handler_reads = value
-        self._update()
+    def take(self) -> None:
+        """The handler's thread reads from now on, until :meth:`give_back`. With ``lock``
+        held; every message in ``receive`` comes through here: no call it can spare."""
+        self._handler_reads = True
+        if self._in_read_set:
+            self._in_read_set = False
+            self.io.readers.remove(self.fd)
+
+    def lend(self) -> None:
+        """The handler's read is over: the socket stays out of the read set until it reads
+        again, or until the I/O thread takes it back (:meth:`take_back`, after 1 to 2
+        :data:`LEND`). With ``lock`` held."""
+        self._handler_reads = False
+        self.lent_at = self.io.looks
+        if not self._lent and self.reader is not None and not self._in_read_set:
+            self._lent = True
+            self.io.lend(self)
+
+    def take_back(self, looks: int) -> None:
+        """In the I/O thread: read the socket again, unless the handler's thread has read
+        it since look number ``looks`` began, or reads it now."""
+        with self.lock:
+            if self._handler_reads or self.lent_at >= looks:
+                return
+            self._lent = False
+            self.io.unlend(self)  # with the lock held: a lend() cannot come in between
+            self._update()
 
     def watch_read(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` in the I/O thread whenever the socket is readable, unless
@@ -295,7 +363,9 @@ class ThreadReactor:
         once this returns, the I/O thread has no event of it left to act on."""
         with self.lock:
             self.reader = None
+            self._lent = False
             self._update()
+        self.io.unlend(self)
         self.io.call_and_wait(partial(self.io.loop.remove_writer, self.fd))
 
 
@@ -311,6 +381,7 @@ class WebSocketClient(BlockingClient):
         self._lock = threading.RLock()
         self._condition = threading.Condition(self._lock)
         self._poller: Waker | None = None  # the waker of the thread reading in receive
+        self._waiting = 0  # threads in self._condition.wait
         super().__init__(*args, **kwargs)
 
     def _make_reactor(self, fd: int) -> Reactor:
@@ -321,7 +392,11 @@ class WebSocketClient(BlockingClient):
         return self._lock
 
     def _wait(self, timeout: float | None) -> None:
-        self._condition.wait(timeout)
+        self._waiting += 1
+        try:
+            self._condition.wait(timeout)
+        finally:
+            self._waiting -= 1
 
     def _wait_message(self, timeout: float | None) -> None:
         """Read the socket in this thread until it has something, a wake-up or
@@ -330,16 +405,16 @@ class WebSocketClient(BlockingClient):
         another thread reads it already. With the lock held (once)."""
         reactor = self._reactor
         if reactor.reader is None or self._poller is not None:
-            self._condition.wait(timeout)
+            self._wait(timeout)
             return
         try:
             poller = waker()
         except OSError:  # no descriptor to be had: the I/O thread reads
-            self._condition.wait(timeout)
+            self._wait(timeout)
             return
         fd = self.fd
         poll = poller.poll
-        reactor.handler_reads = True
+        reactor.take()
         try:
             self._poller = poller
             poll.register(fd, select.POLLIN)
@@ -357,12 +432,11 @@ class WebSocketClient(BlockingClient):
                 elif (reader := reactor.reader) is not None:
                     reader()
         finally:
-            # After the read: the socket goes back to the I/O thread with nothing to read
-            # (unless more came), which does not wake it.
-            reactor.handler_reads = False
+            reactor.lend()
 
     def _wake(self) -> None:
-        self._condition.notify_all()
+        if self._waiting:  # else notify_all, in Python, would find no one, every message
+            self._condition.notify_all()
         if self._poller is not None:
             self._poller.wake()
 
