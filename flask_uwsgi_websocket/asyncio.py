@@ -77,7 +77,7 @@ class Wakeup:
     _PENDING, _DONE, _CANCELLED = 0, 1, 2
 
     def __init__(self, loop: asyncio.AbstractEventLoop, runner: greenlet.greenlet) -> None:
-        self._loop = loop
+        self._loop = loop  # read by the task (no get_loop(): a call less per wait)
         self._runner = runner
         self._asyncio_future_blocking = False
         self._callback: Callable[[Wakeup], Any] | None = None
@@ -90,10 +90,6 @@ class Wakeup:
             yield self
         if self._state == self._CANCELLED:
             raise asyncio.CancelledError
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop (asked by the task that awaits it)."""
-        return self._loop
 
     def add_done_callback(
         self, callback: Callable[[Wakeup], Any], *, context: contextvars.Context | None = None
@@ -481,15 +477,27 @@ class AsyncioWebSocketClient(Client):
             worker_metrics.push_if_due()
         connection = self.connection
         try:
-            while (message := connection.next_message()) is None:
-                future, mine = self._begin_wait()
-                try:
-                    await future
-                finally:
-                    self._end_wait(future, mine)
+            if (message := connection.next_message()) is not None:
+                return message
+            # _begin_wait and _end_wait, inline: two calls less per message.
+            task = self._task
+            mine = task is not None and asyncio.current_task(self._loop) is task
+            self._task_waiting += mine
+            try:
+                while True:
+                    future = Wakeup(self._loop, self._runner)
+                    self._waiters.append(future)
+                    try:
+                        await future
+                    finally:
+                        if future in self._waiters:
+                            self._waiters.remove(future)
+                    if (message := connection.next_message()) is not None:
+                        return message
+            finally:
+                self._task_waiting -= mine
         except ConnectionClosed:
             raise StopAsyncIteration from None
-        return message
 
     # Serving: called by the extension, in the request's greenlet.
 
