@@ -162,14 +162,15 @@ class IOThread:
         self.looks = looks + 1
         with self._lent_lock:
             lent = list(self.lent)
-        for reactor in lent:
-            if reactor.lent_at < looks:  # asked again with its lock held
-                reactor.take_back(looks)
-        with self._lent_lock:
-            self._looking = bool(self.lent)
-            if not self._looking:
-                return
-        self.loop.call_later(LEND, self._look_at_lent)
+        try:
+            for reactor in lent:
+                if reactor.lent_at < looks:  # asked again with its lock held
+                    reactor.take_back(looks)
+        finally:  # the next look, whatever happened: a socket left lent is read by no one
+            with self._lent_lock:
+                again = self._looking = bool(self.lent)
+            if again:
+                self.loop.call_later(LEND, self._look_at_lent)
 
     def call_and_wait(self, function: Callable[[], Any]) -> None:
         """Call ``function`` in the I/O thread and wait until it has run."""
@@ -269,11 +270,12 @@ def waker() -> Waker:
 class ThreadReactor:
     """A connection's watchers on the process's :class:`IOThread`.
 
-    While the handler's thread reads the socket (from :meth:`take` to :meth:`give_back`,
-    with ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
-    woken for it; taking it out and putting it back are a system call each, made by the
-    handler's thread. A read event the I/O thread had already taken finds the flag set
-    and does nothing.
+    While the handler's thread reads the socket (from :meth:`take` to :meth:`lend`, with
+    ``lock`` held) the socket is out of the I/O thread's read set, so that thread is not
+    woken for it; it stays out (lent) while the handler comes back to read it again, and
+    the I/O thread takes it back (:meth:`take_back`) once the handler has not read it for
+    a while. Taking it out and putting it back are a system call each. A read event the
+    I/O thread had already taken finds the flag set and does nothing.
     """
 
     def __init__(self, fd: int, io: IOThread, lock: Any) -> None:
@@ -288,14 +290,9 @@ class ThreadReactor:
         #: :attr:`IOThread.looks` when the handler last read.
         self.lent_at = 0
 
-    @property
-    def handler_reads(self) -> bool:
-        """Whether the handler's thread is the one that reads (see :meth:`take`)."""
-        return self._handler_reads
-
     def take(self) -> None:
-        """The handler's thread reads from now on, until :meth:`give_back`. With ``lock``
-        held; every message in ``receive`` comes through here: no call it can spare."""
+        """The handler's thread reads from now on, until :meth:`lend`. With ``lock`` held;
+        every message in ``receive`` comes through here: no call it can spare."""
         self._handler_reads = True
         if self._in_read_set:
             self._in_read_set = False
