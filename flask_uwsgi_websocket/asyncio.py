@@ -102,7 +102,7 @@ class Wakeup:
             self._context = context
 
     def remove_done_callback(self, callback: Callable[[Wakeup], Any]) -> int:
-        """Forget ``callback``; the number removed."""
+        """Forget ``callback``; the number removed (``asyncio.wait_for`` given a Wakeup)."""
         if self._callback is None or self._callback != callback:
             return 0
         self._callback = None
@@ -358,7 +358,7 @@ class AsyncioWebSocketClient(Client):
         """
         payload: bytes | bytearray | memoryview
         if isinstance(message, str):
-            opcode, payload = (BINARY, message.encode()) if binary else (TEXT, message.encode())
+            opcode, payload = (BINARY if binary else TEXT), message.encode()
         elif isinstance(message, (bytes, bytearray, memoryview)):
             opcode, payload = BINARY, message
         else:
