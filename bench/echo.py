@@ -13,10 +13,11 @@ bench/client.py, pinned to another CPU, measures round trips per second for ever
 size and connection count. The peers (bench/peer_echo.py: ``picows`` on uvloop,
 ``websockets``' asyncio server, ``flask-sock`` on gunicorn's gevent worker, one worker)
 speak HTTP themselves: they run in the ``http-socket`` mode only, pinned the same way. The
-servers take turns for ``--rounds`` rounds (the machine is shared and noisy); the table
-gives the median of each server's runs and the ratios of the medians. ``--deflate``
-measures with bench/deflate_client.py (JSON-like text, permessage-deflate) instead: for
-the servers that compress (gevent, asyncio, websockets).
+machine is shared and noisy: every round starts all the servers, measures each cell's
+servers one after the other (the order turning by one every round), and stops them; the
+table gives the median of each server's ``--rounds`` runs and the ratios of the medians.
+``--deflate`` measures with bench/deflate_client.py (JSON-like text, permessage-deflate)
+instead: for the servers that compress (gevent, asyncio, websockets).
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds (servers alternate); medians are reported"
+        "--rounds", type=int, default=3, help="rounds (each cell's servers in turn); medians"
     )
     parser.add_argument("--sizes", default="64,16384", help="message sizes in bytes")
     parser.add_argument("--conns", default="1,50", help="connection counts")
@@ -320,35 +321,48 @@ def main() -> int:
     notes: list[str] = []
     logdir = Path(tempfile.mkdtemp(prefix="echo-bench-"))
     try:
-        for mode, round_, server in (
-            (m, r, s)
-            for m in modes
-            for r in range(args.rounds)
-            for s in servers
-            if m == PEER_MODE or not s.command
-        ):
-            log = logdir / f"{mode}-{server.name}-{round_}.log"
-            try:
-                with uwsgi(server, mode, server_cpu, log, extra, notes) as port:
-                    url = f"ws://{HOST}:{port}{server.path}"
+        for mode in modes:
+            in_mode = [s for s in servers if mode == PEER_MODE or not s.command]
+            for round_ in range(args.rounds):
+                # Every server of the round stays up (idle, pinned to the same CPU) while
+                # the others are measured, so that a cell's servers are measured back to
+                # back: the machine's slow spells, which can last minutes, then fall on all
+                # of a cell's servers alike. The order turns by one server every round.
+                turn = round_ % len(in_mode)
+                order = in_mode[turn:] + in_mode[:turn]
+                logs = {s.name: logdir / f"{mode}-{s.name}-{round_}.log" for s in order}
+                with contextlib.ExitStack() as stack:
+                    urls: dict[str, str] = {}
+                    for server in order:
+                        try:
+                            port = stack.enter_context(
+                                uwsgi(server, mode, server_cpu, logs[server.name], extra, notes)
+                            )
+                        except RuntimeError as exc:
+                            notes.append(str(exc))
+                            print(exc)
+                            continue
+                        urls[server.name] = f"ws://{HOST}:{port}{server.path}"
                     for size in sizes:
                         for n in conn_counts:
-                            got = measure(url, n, size, args.duration, client_cpu, client)
                             cell = cells.setdefault((mode, size, n), {})
-                            cell.setdefault(f"{server.name}_runs", []).append(
-                                got.get("rt_per_s") or 0.0
-                            )
-                            cell[server.name] = statistics.median(cell[f"{server.name}_runs"])
-                            rate = got.get("rt_per_s")
-                            shown = f"{rate:,.0f} rt/s" if rate else f"FAILED {got['errors']}"
-                            print(f"{mode:<14} {server.name:<6} {size:>5} B x {n:>3}: {shown}")
-                            if got.get("errors") or got.get("stalled_conns"):
-                                notes.append(f"{mode} {server.name} {size} B x {n}: {got}")
-            except RuntimeError as exc:
-                notes.append(str(exc))
-                print(exc)
-            if trouble := log_trouble(log):
-                notes.append(f"{log.name}: " + " | ".join(trouble))
+                            for server in order:
+                                if server.name not in urls:
+                                    continue
+                                got = measure(
+                                    urls[server.name], n, size, args.duration, client_cpu, client
+                                )
+                                runs = cell.setdefault(f"{server.name}_runs", [])
+                                runs.append(got.get("rt_per_s") or 0.0)
+                                cell[server.name] = statistics.median(runs)
+                                rate = got.get("rt_per_s")
+                                shown = f"{rate:,.0f} rt/s" if rate else f"FAILED {got['errors']}"
+                                print(f"{mode:<14} {server.name:<6} {size:>5} B x {n:>3}: {shown}")
+                                if got.get("errors") or got.get("stalled_conns"):
+                                    notes.append(f"{mode} {server.name} {size} B x {n}: {got}")
+                for log in logs.values():
+                    if trouble := log_trouble(log):
+                        notes.append(f"{log.name}: " + " | ".join(trouble))
     except KeyboardInterrupt:
         notes.append("interrupted: the results are incomplete")
     results = [{"mode": m, "size": s, "conns": n, **c} for (m, s, n), c in cells.items()]
