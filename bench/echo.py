@@ -181,6 +181,29 @@ def uwsgi(
         yield port
 
 
+def start_all(
+    stack: contextlib.ExitStack,
+    servers: list[Server],
+    mode: str,
+    cpu: int | None,
+    logs: dict[str, Path],
+    extra: list[str],
+    notes: list[str],
+) -> dict[str, str]:
+    """Start ``servers`` in ``mode`` on ``stack`` (stopped when it closes); the echo URL of
+    each that came up, by name. One that did not is noted and left out."""
+    urls: dict[str, str] = {}
+    for server in servers:
+        try:
+            port = stack.enter_context(uwsgi(server, mode, cpu, logs[server.name], extra, notes))
+        except RuntimeError as exc:
+            notes.append(str(exc))
+            print(exc)
+            continue
+        urls[server.name] = f"ws://{HOST}:{port}{server.path}"
+    return urls
+
+
 def usable_cpus(server_cpu: int, client_cpu: int) -> tuple[int | None, int | None]:
     """The two CPUs to pin server and client to, or ``(None, None)`` when they cannot be."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -323,7 +346,7 @@ def main() -> int:
     try:
         for mode in modes:
             in_mode = [s for s in servers if mode == PEER_MODE or not s.command]
-            for round_ in range(args.rounds):
+            for round_ in range(args.rounds if in_mode else 0):
                 # Every server of the round stays up (idle, pinned to the same CPU) while
                 # the others are measured, so that a cell's servers are measured back to
                 # back: the machine's slow spells, which can last minutes, then fall on all
@@ -332,23 +355,12 @@ def main() -> int:
                 order = in_mode[turn:] + in_mode[:turn]
                 logs = {s.name: logdir / f"{mode}-{s.name}-{round_}.log" for s in order}
                 with contextlib.ExitStack() as stack:
-                    urls: dict[str, str] = {}
-                    for server in order:
-                        try:
-                            port = stack.enter_context(
-                                uwsgi(server, mode, server_cpu, logs[server.name], extra, notes)
-                            )
-                        except RuntimeError as exc:
-                            notes.append(str(exc))
-                            print(exc)
-                            continue
-                        urls[server.name] = f"ws://{HOST}:{port}{server.path}"
+                    urls = start_all(stack, order, mode, server_cpu, logs, extra, notes)
+                    up = [s for s in order if s.name in urls]
                     for size in sizes:
                         for n in conn_counts:
                             cell = cells.setdefault((mode, size, n), {})
-                            for server in order:
-                                if server.name not in urls:
-                                    continue
+                            for server in up:
                                 got = measure(
                                     urls[server.name], n, size, args.duration, client_cpu, client
                                 )
